@@ -1,0 +1,29 @@
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from timing import device_name, measure_ms, synced  # noqa: E402
+
+
+@pytest.fixture
+def record(benchmark):
+    """Time ``fn`` and ``baseline_fn`` side by side, store both and their ratio in ``extra_info``, then hand ``fn``
+    to pytest-benchmark."""
+
+    def run(op: str, shape: str, provider: str, fn, baseline: str, baseline_fn, bytes_moved: int | None = None):
+        ms = measure_ms(fn)
+        baseline_ms = measure_ms(baseline_fn)
+        benchmark.extra_info.update(
+            op=op, shape=shape, provider=provider, ms=ms, baseline=baseline, baseline_ms=baseline_ms,
+            speedup=baseline_ms / ms, device=device_name(), torch=torch.__version__,
+        )  # fmt: skip
+        if bytes_moved is not None:
+            benchmark.extra_info["gbps"] = bytes_moved / ms / 1e6
+        rounds = 20 if torch.cuda.is_available() else 3
+        benchmark.pedantic(synced(fn), rounds=rounds, iterations=1, warmup_rounds=1)
+
+    return run

@@ -1,0 +1,28 @@
+"""Print the table of a pytest-benchmark JSON written by ``pytest bench/ --benchmark-only --benchmark-json=F``."""
+
+import json
+import sys
+
+
+def main(path: str) -> None:
+    with open(path) as f:
+        data = json.load(f)
+    rows = [b["extra_info"] for b in data["benchmarks"] if "op" in b.get("extra_info", {})]
+    if not rows:
+        print("no perfkern records")
+        return
+    print(f"device: {rows[0]['device']}  commit: {data.get('commit_info', {}).get('id', '?')[:10]}  "
+          f"date: {data.get('datetime', '?')[:10]}")  # fmt: skip
+    header = (
+        f"{'op':<18} {'shape':<12} {'provider':<10} {'ms':>9} {'GB/s':>8} {'baseline ms':>12} {'speedup':>8}  baseline"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        gbps = f"{r['gbps']:.0f}" if "gbps" in r else "-"
+        print(f"{r['op']:<18} {r['shape']:<12} {r['provider']:<10} {r['ms']:>9.3f} {gbps:>8} "
+              f"{r['baseline_ms']:>12.3f} {r['speedup']:>7.2f}x  {r['baseline']}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,16 @@
+"""One registry of benchmark shapes. Weight shapes are [N, K] (out, in), as nn.Linear stores them."""
+
+import torch
+
+# LLaMA-7B/8B projections: q/k/v/o, up/gate (7B), down (7B), up/gate (8B).
+LLAMA_WEIGHTS = [(4096, 4096), (11008, 4096), (4096, 11008), (14336, 4096)]
+# What the CPU reference can time in seconds.
+CPU_WEIGHTS = [(1024, 1024), (4096, 4096)]
+
+
+def weight_shapes() -> list[tuple[int, int]]:
+    return LLAMA_WEIGHTS if torch.cuda.is_available() else CPU_WEIGHTS
+
+
+def shape_id(shape: tuple[int, ...]) -> str:
+    return "x".join(str(s) for s in shape)

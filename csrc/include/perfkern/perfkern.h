@@ -1,0 +1,151 @@
+/*
+ * perfkern: torch-free C API of the CUDA core.
+ *
+ * Every launcher takes a params struct (device pointers, sizes, int64 strides in elements) and a
+ * cudaStream_t, enqueues its work on that stream and returns a status code. Nothing here allocates,
+ * synchronises or touches a framework: callers own memory and ordering.
+ *
+ * The 2:4 format (canonical, row-major, W is [rows, cols] and 2:4 along cols):
+ *   values [rows, cols/2]  the kept values of each group of 4 in column order (W's dtype)
+ *   meta   [rows, cols/16] int16; group g of a row is the nibble at bits 4*(g % 4) of meta[row, g / 4];
+ *                          low 2 bits = first kept index, high 2 bits = second, first < second.
+ * cols must be a multiple of 16.
+ */
+#ifndef PERFKERN_PERFKERN_H_
+#define PERFKERN_PERFKERN_H_
+
+#include <stdint.h>
+
+#include <cuda_runtime_api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define PERFKERN_API __declspec(dllexport)
+#else
+#define PERFKERN_API __attribute__((visibility("default")))
+#endif
+
+#define PERFKERN_VERSION_MAJOR 0
+#define PERFKERN_VERSION_MINOR 1
+#define PERFKERN_VERSION_PATCH 0
+
+typedef enum {
+  PERFKERN_SUCCESS = 0,
+  PERFKERN_ERROR_INVALID_VALUE = 1, /* a size, stride, pointer or dtype the launcher cannot take */
+  PERFKERN_ERROR_NOT_SUPPORTED = 2, /* valid input, but not built or not supported on this device */
+  PERFKERN_ERROR_NO_DEVICE = 3,     /* no CUDA device or no usable driver */
+  PERFKERN_ERROR_CUDA = 4           /* the CUDA runtime reported an error; see perfkern_last_error() */
+} perfkern_status_t;
+
+typedef enum {
+  PERFKERN_DTYPE_F32 = 0,
+  PERFKERN_DTYPE_F16 = 1,
+  PERFKERN_DTYPE_BF16 = 2
+} perfkern_dtype_t;
+
+typedef struct {
+  char name[256];
+  int major; /* compute capability */
+  int minor;
+  int multiprocessor_count;
+  int64_t total_global_mem;
+} perfkern_device_info_t;
+
+/* "0.1.0". */
+PERFKERN_API const char* perfkern_version(void);
+/* Architectures compiled into this library, e.g. "80;90a". */
+PERFKERN_API const char* perfkern_cuda_archs(void);
+/* A static English description of a status code. */
+PERFKERN_API const char* perfkern_status_string(perfkern_status_t status);
+/* The message of the last failure on the calling thread ("" if none). */
+PERFKERN_API const char* perfkern_last_error(void);
+
+/* Number of usable CUDA devices. *count is 0 and PERFKERN_ERROR_NO_DEVICE is returned when there is
+ * no device or no driver. */
+PERFKERN_API perfkern_status_t perfkern_device_count(int* count);
+PERFKERN_API perfkern_status_t perfkern_device_info(int device, perfkern_device_info_t* info);
+
+/* Select the 2 of every 4 entries (along cols) with the largest |score|; ties go to the lower index,
+ * NaN ranks above every number. Any output pointer may be NULL (not written).
+ *   src    [rows, cols]    scores / the dense matrix (dtype)
+ *   values [rows, cols/2]  kept entries of src in column order, -0.0 written as +0.0 (dtype)
+ *   meta   [rows, cols/16] int16 canonical metadata
+ *   mask   [rows, cols]    uint8 0/1 */
+typedef struct {
+  const void* src;
+  void* values;
+  int16_t* meta;
+  uint8_t* mask;
+  int64_t rows;
+  int64_t cols;
+  int64_t src_row_stride; /* elements; the column stride is 1 for every tensor here */
+  int64_t values_row_stride;
+  int64_t meta_row_stride;
+  int64_t mask_row_stride;
+  perfkern_dtype_t dtype;
+  int device;
+} perfkern_sparse24_compress_params_t;
+
+PERFKERN_API perfkern_status_t perfkern_sparse24_compress(const perfkern_sparse24_compress_params_t* params,
+                                                          cudaStream_t stream);
+
+/* dense [rows, cols] from values [rows, cols/2] and meta [rows, cols/16]. Position p of a group holds
+ * the second value if p is the second index, else the first value if p is the first index, else +0.0
+ * (so malformed metadata still decodes deterministically). */
+typedef struct {
+  const void* values;
+  const int16_t* meta;
+  void* dense;
+  int64_t rows;
+  int64_t cols;
+  int64_t values_row_stride;
+  int64_t meta_row_stride;
+  int64_t dense_row_stride;
+  perfkern_dtype_t dtype;
+  int device;
+} perfkern_sparse24_decompress_params_t;
+
+PERFKERN_API perfkern_status_t perfkern_sparse24_decompress(const perfkern_sparse24_decompress_params_t* params,
+                                                            cudaStream_t stream);
+
+/* values [rows, cols/2] = the entries of dense [rows, cols] at the positions meta names, in column order
+ * (the adjoint of decompress; -0.0 is kept as is). */
+typedef struct {
+  const void* dense;
+  const int16_t* meta;
+  void* values;
+  int64_t rows;
+  int64_t cols;
+  int64_t dense_row_stride;
+  int64_t meta_row_stride;
+  int64_t values_row_stride;
+  perfkern_dtype_t dtype;
+  int device;
+} perfkern_sparse24_gather_params_t;
+
+PERFKERN_API perfkern_status_t perfkern_sparse24_gather(const perfkern_sparse24_gather_params_t* params,
+                                                        cudaStream_t stream);
+
+/* Canonical int16 metadata [rows, meta_cols] <-> the layout of torch's semi-structured CUTLASS backend
+ * (CUTLASS sm80 ColumnMajorInterleaved<2> with rows permuted in groups of 32 and 2x2 blocks swapped).
+ * Both buffers are contiguous, rows * meta_cols int16. rows % 32 == 0 and meta_cols % 4 == 0. */
+typedef struct {
+  const int16_t* src;
+  int16_t* dst;
+  int64_t rows;
+  int64_t meta_cols;
+  int to_cutlass; /* 1: canonical -> CUTLASS, 0: CUTLASS -> canonical */
+  int device;
+} perfkern_sparse24_meta_reorder_params_t;
+
+PERFKERN_API perfkern_status_t perfkern_sparse24_meta_reorder(const perfkern_sparse24_meta_reorder_params_t* params,
+                                                              cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* PERFKERN_PERFKERN_H_ */

@@ -1,0 +1,1 @@
+"""Triton kernels of perfkern, one module per op family (installed as ``perfkern.kernels``)."""

@@ -1,0 +1,21 @@
+"""perfkern: 2:4 sparse linear layers with fused low-rank adapters, and the kernels behind them.
+
+Backends (DESIGN §1): ``cuda`` (the compiled core, ``perfkern._C``), ``triton`` (``perfkern.kernels``) and
+``reference`` (pure PyTorch, the truth and the CPU path). ``PERFKERN_BACKEND`` or ``use_backend`` chooses;
+``available_backends`` and ``last_backend`` say what can run and what did.
+"""
+
+from perfkern import ops, sparsity
+from perfkern._dispatch import BackendUnavailableError, available_backends, last_backend, use_backend
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError",
+    "available_backends",
+    "last_backend",
+    "ops",
+    "sparsity",
+    "use_backend",
+    "__version__",
+]

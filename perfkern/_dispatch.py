@@ -1,0 +1,167 @@
+"""Backend choice for every perfkern op, in one place (DESIGN §1).
+
+``PERFKERN_BACKEND=auto|cuda|triton|reference`` sets the default; ``use_backend(name)`` overrides it for a
+block of code. ``auto`` picks, per call, the first available backend in the op's preference order; a backend
+named explicitly that cannot run the call raises instead of falling back. ``last_backend()`` says what ran.
+
+On CPU tensors the reference runs, except under ``TRITON_INTERPRET=1`` where the Triton kernels run in the
+interpreter (that is how the test suite exercises them without a GPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import importlib
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+BACKENDS = ("cuda", "triton", "reference")
+_CHOICES = ("auto", *BACKENDS)
+_ENV = "PERFKERN_BACKEND"
+
+_log = logging.getLogger("perfkern")
+_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("perfkern_backend", default=None)
+_last: dict[str, str] = {}
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend that was asked for explicitly cannot run this call."""
+
+
+def _check_name(name: str, source: str) -> str:
+    if name not in _CHOICES:
+        raise ValueError(f"{source} must be one of {', '.join(_CHOICES)}, got {name!r}")
+    return name
+
+
+def requested_backend() -> str:
+    """The backend asked for right now: the innermost ``use_backend`` block, else ``PERFKERN_BACKEND``, else auto."""
+    name = _override.get()
+    if name is not None:
+        return name
+    return _check_name(os.environ.get(_ENV, "auto").strip().lower() or "auto", _ENV)
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Run the perfkern ops inside the block on backend ``name`` (``auto``, ``cuda``, ``triton`` or ``reference``)."""
+    token = _override.set(_check_name(name, "use_backend(name)"))
+    try:
+        yield
+    finally:
+        _override.reset(token)
+
+
+def triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.cache
+def _triton_import_error() -> str | None:
+    try:
+        import triton  # noqa: F401
+    except ImportError as err:
+        return f"triton is not installed ({err}); pip install triton"
+    return None
+
+
+def _cuda_unavailable_reason(device: torch.device) -> str | None:
+    from perfkern import _ext
+
+    if device.type != "cuda":
+        return f"the cuda backend runs on CUDA tensors, got a {device.type} tensor"
+    return _ext.unavailable_reason()
+
+
+def _triton_unavailable_reason(device: torch.device) -> str | None:
+    reason = _triton_import_error()
+    if reason is not None:
+        return reason
+    if device.type == "cpu" and not triton_interpret():
+        return "Triton kernels run on CPU tensors only under TRITON_INTERPRET=1 (set it before importing perfkern)"
+    if device.type not in ("cpu", "cuda"):
+        return f"Triton kernels run on CUDA tensors, got a {device.type} tensor"
+    return None
+
+
+def unavailable_reason(backend: str, device: torch.device) -> str | None:
+    """Why ``backend`` cannot run on ``device`` now, or None if it can."""
+    if backend == "reference":
+        return None
+    if backend == "triton":
+        return _triton_unavailable_reason(device)
+    if backend == "cuda":
+        return _cuda_unavailable_reason(device)
+    raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+
+
+def available_backends(device: torch.device | str | None = None) -> list[str]:
+    """Backends that can run on ``device`` (default: the current CUDA device if there is one, else the CPU)."""
+    if device is None:
+        device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(device)
+    return [b for b in BACKENDS if unavailable_reason(b, device) is None]
+
+
+def last_backend(op: str | None = None) -> str | None:
+    """The backend that ran the most recent call of ``op`` (``"compress_2to4"``), or of any op if None."""
+    return _last.get(op if op is not None else "*")
+
+
+@dataclass(frozen=True)
+class OpImpls:
+    """One op's implementations, per backend; a string ``"module:function"`` is imported on first use so the
+    Triton backend costs nothing until it runs."""
+
+    name: str
+    reference: Callable | str
+    triton: Callable | str | None = None
+    cuda: Callable | str | None = None
+    _resolved: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def has(self, backend: str) -> bool:
+        """Whether ``backend`` implements the op (without importing it)."""
+        return getattr(self, backend) is not None
+
+    def get(self, backend: str) -> Callable | None:
+        impl = getattr(self, backend)
+        if isinstance(impl, str):
+            if backend not in self._resolved:
+                module, _, attr = impl.partition(":")
+                self._resolved[backend] = getattr(importlib.import_module(module), attr)
+            return self._resolved[backend]
+        return impl
+
+
+def select(impls: OpImpls, device: torch.device, preference: Sequence[str] = BACKENDS) -> str:
+    """The backend that runs ``impls`` on ``device`` now; raises if an explicitly requested one cannot."""
+    requested = requested_backend()
+    if requested != "auto":
+        if not impls.has(requested):
+            raise BackendUnavailableError(f"perfkern::{impls.name} has no {requested} implementation")
+        reason = unavailable_reason(requested, device)
+        if reason is not None:
+            raise BackendUnavailableError(f"perfkern::{impls.name}: backend {requested!r} is unavailable: {reason}")
+        return requested
+    if device.type == "cpu" and not triton_interpret():
+        return "reference"
+    for backend in preference:
+        if impls.has(backend) and unavailable_reason(backend, device) is None:
+            return backend
+    return "reference"
+
+
+def run(impls: OpImpls, device: torch.device, *args, preference: Sequence[str] = BACKENDS):
+    """Call the selected implementation of ``impls`` with ``args`` and record which backend ran."""
+    backend = select(impls, device, preference)
+    _last[impls.name] = backend
+    _last["*"] = backend
+    if _log.isEnabledFor(logging.DEBUG):
+        _log.debug("perfkern::%s ran on %s (requested %s)", impls.name, backend, requested_backend())
+    return impls.get(backend)(*args)

@@ -1,0 +1,58 @@
+"""The compiled CUDA core (``perfkern._C``), loaded on first use.
+
+``import perfkern`` never needs it: only an op sent to the cuda backend does, and then a missing or unusable
+extension gives an error that says what to do.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import ModuleType
+
+import torch
+
+_BUILD_HINT = (
+    "build it with nvcc on PATH: PERFKERN_BUILD_CUDA=1 pip install --no-build-isolation -e . "
+    "(or use the triton/reference backends)"
+)
+
+
+@functools.cache
+def _load() -> tuple[ModuleType | None, str | None]:
+    try:
+        from perfkern import _C
+    except ImportError as err:
+        return None, f"the CUDA extension perfkern._C is not built ({err}); {_BUILD_HINT}"
+    return _C, None
+
+
+def extension() -> ModuleType | None:
+    """``perfkern._C`` if it was built, else None."""
+    return _load()[0]
+
+
+def unavailable_reason() -> str | None:
+    """Why the cuda backend cannot run now (no extension, no driver, no device), or None."""
+    module, reason = _load()
+    if module is None:
+        return reason
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA device (a CPU build of torch, or no GPU/driver)"
+    if module.device_count() == 0:
+        return "perfkern._C sees no CUDA device (is the driver older than the CUDA runtime it was built with?)"
+    return None
+
+
+def require() -> ModuleType:
+    """``perfkern._C``, or an actionable error."""
+    reason = unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(f"perfkern's cuda backend is unavailable: {reason}")
+    return _load()[0]
+
+
+def stream_of(t: torch.Tensor) -> int:
+    return torch.cuda.current_stream(t.device).cuda_stream
+
+
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}

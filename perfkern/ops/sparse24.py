@@ -1,0 +1,211 @@
+"""The 2:4 format ops ``perfkern::*``: schemas, fake kernels, autograd and the per-backend implementations.
+
+Every backend implementation takes its inputs and preallocated outputs (``out=`` style), so allocation, and the
+NaN poisoning of outputs under test, happen once here. Inputs arrive checked by ``perfkern.sparsity``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from perfkern import _dispatch, _ext
+from perfkern.ops._common import empty, rows_contiguous
+from perfkern.reference import sparse24 as ref
+
+_TRITON = "perfkern.kernels.sparse24"
+
+
+# Reference backend: the pure functions of perfkern.reference, written into the preallocated outputs.
+
+
+def _ref_compress(src, values, meta, mask):
+    if mask is not None:
+        mask.copy_(ref.mask_2to4(src))
+    if values is not None or meta is not None:
+        v, m = ref.compress_2to4(src)
+        if values is not None:
+            values.copy_(v)
+        if meta is not None:
+            meta.copy_(m)
+
+
+def _ref_decompress(values, meta, dense):
+    dense.copy_(ref.decompress_2to4(values, meta))
+
+
+def _ref_gather(dense, meta, values):
+    values.copy_(ref.gather_2to4(dense, meta))
+
+
+def _ref_meta_reorder(src, dst, to_cutlass):
+    dst.copy_(ref.meta_to_cutlass(src) if to_cutlass else ref.meta_from_cutlass(src))
+
+
+# CUDA backend: perfkern._C launchers over the torch-free C ABI.
+
+
+def _ptr(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _rs(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.stride(0)
+
+
+def _cuda_compress(src, values, meta, mask):
+    _ext.require().sparse24_compress(
+        _ptr(src), _ptr(values), _ptr(meta), _ptr(mask), src.shape[0], src.shape[1],
+        _rs(src), _rs(values), _rs(meta), _rs(mask),
+        _ext.DTYPE_CODES[src.dtype], src.device.index, _ext.stream_of(src),
+    )  # fmt: skip
+
+
+def _cuda_decompress(values, meta, dense):
+    _ext.require().sparse24_decompress(
+        _ptr(values), _ptr(meta), _ptr(dense), dense.shape[0], dense.shape[1],
+        _rs(values), _rs(meta), _rs(dense), _ext.DTYPE_CODES[dense.dtype], dense.device.index, _ext.stream_of(dense),
+    )  # fmt: skip
+
+
+def _cuda_gather(dense, meta, values):
+    _ext.require().sparse24_gather(
+        _ptr(dense), _ptr(meta), _ptr(values), dense.shape[0], dense.shape[1],
+        _rs(dense), _rs(meta), _rs(values), _ext.DTYPE_CODES[dense.dtype], dense.device.index, _ext.stream_of(dense),
+    )  # fmt: skip
+
+
+def _cuda_meta_reorder(src, dst, to_cutlass):
+    _ext.require().sparse24_meta_reorder(
+        _ptr(src), _ptr(dst), src.shape[0], src.shape[1], bool(to_cutlass), src.device.index, _ext.stream_of(src)
+    )
+
+
+COMPRESS = _dispatch.OpImpls("compress_2to4", _ref_compress, f"{_TRITON}:compress", _cuda_compress)
+DECOMPRESS = _dispatch.OpImpls("decompress_2to4", _ref_decompress, f"{_TRITON}:decompress", _cuda_decompress)
+GATHER = _dispatch.OpImpls("gather_2to4", _ref_gather, f"{_TRITON}:gather", _cuda_gather)
+META_REORDER = _dispatch.OpImpls(
+    "meta_reorder_cutlass", _ref_meta_reorder, f"{_TRITON}:meta_reorder", _cuda_meta_reorder
+)
+
+
+# mask_2to4 shares the compress kernels (only the mask output is written), but reports under its own name.
+MASK = _dispatch.OpImpls("mask_2to4", _ref_compress, f"{_TRITON}:compress", _cuda_compress)
+
+
+@torch.library.custom_op("perfkern::mask_2to4", mutates_args=())
+def mask_2to4(scores: torch.Tensor) -> torch.Tensor:
+    scores = rows_contiguous(scores)
+    mask = empty(scores.shape, torch.bool, scores.device)
+    _dispatch.run(MASK, scores.device, scores, None, None, mask.view(torch.uint8))
+    return mask
+
+
+@mask_2to4.register_fake
+def _(scores):
+    torch._check(scores.shape[1] % 16 == 0)
+    return scores.new_empty(scores.shape, dtype=torch.bool)
+
+
+@torch.library.custom_op("perfkern::compress_2to4", mutates_args=())
+def compress_2to4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    w = rows_contiguous(w)
+    n, k = w.shape
+    values = empty((n, k // 2), w.dtype, w.device)
+    meta = empty((n, k // 16), torch.int16, w.device)
+    _dispatch.run(COMPRESS, w.device, w, values, meta, None)
+    return values, meta
+
+
+@compress_2to4.register_fake
+def _(w):
+    n, k = w.shape
+    torch._check(k % 16 == 0)
+    return w.new_empty((n, k // 2)), w.new_empty((n, k // 16), dtype=torch.int16)
+
+
+@torch.library.custom_op("perfkern::decompress_2to4", mutates_args=())
+def decompress_2to4(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+    values, meta = rows_contiguous(values), rows_contiguous(meta)
+    dense = empty((values.shape[0], values.shape[1] * 2), values.dtype, values.device)
+    _dispatch.run(DECOMPRESS, values.device, values, meta, dense)
+    return dense
+
+
+@decompress_2to4.register_fake
+def _(values, meta):
+    torch._check(meta.shape[0] == values.shape[0])
+    torch._check(meta.shape[1] * 8 == values.shape[1])
+    return values.new_empty((values.shape[0], values.shape[1] * 2))
+
+
+@torch.library.custom_op("perfkern::gather_2to4", mutates_args=())
+def gather_2to4(dense: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+    dense, meta = rows_contiguous(dense), rows_contiguous(meta)
+    values = empty((dense.shape[0], dense.shape[1] // 2), dense.dtype, dense.device)
+    _dispatch.run(GATHER, dense.device, dense, meta, values)
+    return values
+
+
+@gather_2to4.register_fake
+def _(dense, meta):
+    torch._check(meta.shape[0] == dense.shape[0])
+    torch._check(meta.shape[1] * 16 == dense.shape[1])
+    return dense.new_empty((dense.shape[0], dense.shape[1] // 2))
+
+
+@torch.library.custom_op("perfkern::meta_to_cutlass", mutates_args=())
+def meta_to_cutlass(meta: torch.Tensor) -> torch.Tensor:
+    meta = meta.contiguous()
+    out = empty(meta.shape, torch.int16, meta.device)
+    _dispatch.run(META_REORDER, meta.device, meta, out, True)
+    return out
+
+
+@meta_to_cutlass.register_fake
+def _(meta):
+    return torch.empty_like(meta)
+
+
+@torch.library.custom_op("perfkern::meta_from_cutlass", mutates_args=())
+def meta_from_cutlass(meta_c: torch.Tensor) -> torch.Tensor:
+    meta_c = meta_c.contiguous()
+    out = empty(meta_c.shape, torch.int16, meta_c.device)
+    _dispatch.run(META_REORDER, meta_c.device, meta_c, out, False)
+    return out
+
+
+@meta_from_cutlass.register_fake
+def _(meta_c):
+    return torch.empty_like(meta_c)
+
+
+# Autograd. compress keeps some entries of w, decompress scatters values into zeros, gather picks entries of a
+# dense matrix: each is linear in its float input, and the adjoint of scatter-by-meta is gather-by-meta.
+
+
+def _save_meta_compress(ctx, inputs, output):
+    ctx.save_for_backward(output[1])
+
+
+def _compress_backward(ctx, grad_values, grad_meta):
+    (meta,) = ctx.saved_tensors
+    return decompress_2to4(grad_values.contiguous(), meta)
+
+
+def _save_meta_arg(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1])
+
+
+def _decompress_backward(ctx, grad_dense):
+    (meta,) = ctx.saved_tensors
+    return gather_2to4(grad_dense.contiguous(), meta), None
+
+
+def _gather_backward(ctx, grad_values):
+    (meta,) = ctx.saved_tensors
+    return decompress_2to4(grad_values.contiguous(), meta), None
+
+
+compress_2to4.register_autograd(_compress_backward, setup_context=_save_meta_compress)
+decompress_2to4.register_autograd(_decompress_backward, setup_context=_save_meta_arg)
+gather_2to4.register_autograd(_gather_backward, setup_context=_save_meta_arg)

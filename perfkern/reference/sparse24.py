@@ -1,0 +1,116 @@
+"""The 2:4 format in plain PyTorch: the truth every backend is compared with (DESIGN §3.1, §3.2).
+
+W is [N, K], 2:4 along K. Each group of 4 consecutive columns keeps the 2 entries of largest magnitude; ties go
+to the lower index and NaN ranks above every number, so exactly two entries are kept and every backend agrees
+bit for bit.
+
+- ``values`` [N, K/2]: the kept entries of each group in column order, -0.0 stored as +0.0.
+- ``meta`` [N, K/16] int16: group g is the nibble at bits 4·(g mod 4) of ``meta[n, g // 4]``; its low 2 bits are
+  the first kept index, its high 2 bits the second, first < second.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _kept(scores: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per group of 4, whether entry j is kept: fewer than two entries outrank it (a larger one, or an equal one
+    at a lower index). NaN counts as +inf, so the ranks are a permutation and exactly two entries are kept."""
+    n, k = scores.shape
+    m = scores.float().abs()
+    m.masked_fill_(m.isnan(), float("inf"))
+    # One contiguous plane per position in the group: the comparisons below then stream through memory.
+    m0, m1, m2, m3 = m.view(n, k // 4, 4).permute(2, 0, 1).contiguous()
+    ge01, ge02, ge03, ge12, ge13, ge23 = m0 >= m1, m0 >= m2, m0 >= m3, m1 >= m2, m1 >= m3, m2 >= m3
+    rank0 = (~ge01).byte() + (~ge02).byte() + (~ge03).byte()
+    rank1 = ge01.byte() + (~ge12).byte() + (~ge13).byte()
+    rank2 = ge02.byte() + ge12.byte() + (~ge23).byte()
+    rank3 = ge03.byte() + ge13.byte() + ge23.byte()
+    return rank0 < 2, rank1 < 2, rank2 < 2, rank3 < 2
+
+
+def mask_2to4(scores: torch.Tensor) -> torch.Tensor:
+    """bool [N, K]: True at the 2 entries of largest |score| in each group of 4 along K."""
+    return torch.stack(_kept(scores), dim=-1).view(scores.shape)
+
+
+def _pack(idx0: torch.Tensor, idx1: torch.Tensor) -> torch.Tensor:
+    n, groups = idx0.shape
+    nibbles = (idx0 | (idx1 << 2)).view(n, groups // 4, 4)
+    shifts = torch.tensor([0, 4, 8, 12], dtype=torch.int32, device=idx0.device)
+    # Four nibbles fill all 16 bits; the int32 sum wraps into int16 as two's complement.
+    return (nibbles << shifts).sum(-1, dtype=torch.int32).to(torch.int16)
+
+
+def _unpack(meta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    n, words = meta.shape
+    shifts = torch.tensor([0, 4, 8, 12], dtype=torch.int32, device=meta.device)
+    nibbles = ((meta.int() & 0xFFFF).unsqueeze(-1) >> shifts) & 0xF
+    nibbles = nibbles.view(n, words * 4)
+    return nibbles & 3, (nibbles >> 2) & 3
+
+
+def compress_2to4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values [N, K/2], meta [N, K/16] int16) keeping the 2 largest |w| of each group of 4."""
+    n, k = w.shape
+    keep0, keep1, keep2, keep3 = _kept(w)
+    ones, twos = torch.ones_like(keep0, dtype=torch.int32), torch.full_like(keep0, 2, dtype=torch.int32)
+    idx0 = torch.where(keep0, 0, torch.where(keep1, ones, twos))
+    idx1 = torch.where(keep3, 3, torch.where(keep2, twos, ones))
+    picked = torch.gather(w.view(n, k // 4, 4), -1, torch.stack((idx0, idx1), -1).long())
+    values = torch.where(picked == 0, torch.zeros((), dtype=w.dtype, device=w.device), picked)
+    return values.view(n, k // 2), _pack(idx0, idx1)
+
+
+def decompress_2to4(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+    """Dense [N, K] from the canonical format. Position p of a group holds the second value if p is the second
+    index, else the first value if p is the first index, else +0.0."""
+    n, half = values.shape
+    idx0, idx1 = _unpack(meta)
+    v = values.view(n, half // 2, 2)
+    pos = torch.arange(4, device=values.device)
+    zero = torch.zeros((), dtype=values.dtype, device=values.device)
+    dense = torch.where(
+        pos == idx1.unsqueeze(-1),
+        v[..., 1:],
+        torch.where(pos == idx0.unsqueeze(-1), v[..., :1], zero),
+    )
+    return dense.view(n, 2 * half)
+
+
+def gather_2to4(dense: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+    """values [N, K/2]: the entries of ``dense`` at the positions ``meta`` names (the adjoint of decompress)."""
+    n, k = dense.shape
+    idx0, idx1 = _unpack(meta)
+    picked = torch.gather(dense.view(n, k // 4, 4), -1, torch.stack((idx0, idx1), -1).long())
+    return picked.view(n, k // 2)
+
+
+def cutlass_meta_offsets(rows: int, meta_cols: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Flat position in torch's semi-structured CUTLASS metadata of each canonical meta element [rows, meta_cols].
+
+    CUTLASS's sm80 sparse GEMM reads metadata as ColumnMajorInterleaved<2>, with the rows of each 32-row group
+    interleaved by 8 and the off-diagonal entries of every 2x2 block swapped.
+    """
+    r = torch.arange(rows, device=device).unsqueeze(1).expand(rows, meta_cols)
+    c = torch.arange(meta_cols, device=device).unsqueeze(0).expand(rows, meta_cols)
+    dst_row = (r // 32) * 32 + (r % 8) * 4 + (r % 32) // 8
+    swap = ((dst_row % 2 == 0) & (c % 2 == 1)).long() - ((dst_row % 2 == 1) & (c % 2 == 0)).long()
+    dst_row = dst_row + swap
+    dst_col = c - swap
+    return ((dst_col // 2) * rows * 2 + dst_row * 2 + dst_col % 2).reshape(-1)
+
+
+def meta_to_cutlass(meta: torch.Tensor) -> torch.Tensor:
+    """Canonical meta [N, K/16] → torch's CUTLASS layout (same shape and dtype)."""
+    rows, cols = meta.shape
+    out = torch.empty_like(meta).view(-1)
+    out[cutlass_meta_offsets(rows, cols, meta.device)] = meta.reshape(-1)
+    return out.view(rows, cols)
+
+
+def meta_from_cutlass(meta_c: torch.Tensor) -> torch.Tensor:
+    """torch's CUTLASS layout [N, K/16] → canonical meta."""
+    rows, cols = meta_c.shape
+    return meta_c.reshape(-1)[cutlass_meta_offsets(rows, cols, meta_c.device)].view(rows, cols)

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One command for a fresh GPU machine, offline: build the extension, run every test (GPU ones included), build
+# and run the C++ consumer, run the benchmarks, print a table and write bench/results/<device>-<date>.json
+# (copied to $OUT when that is set).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 PERFKERN_BUILD_CUDA=1
+out=${OUT:-bench/results}
+mkdir -p "$out" bench/results
+status=0
+
+echo "== build"
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader || true
+python3 -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | tail -20 || exit 1
+python3 -m perfkern info || exit 1
+
+echo "== tests"
+python3 -m pytest tests/ -q -rs --junitxml="$out/junit.xml" 2>&1 | tail -40 || status=1
+
+echo "== C++ consumer"
+bash .ci/build_core.sh >"$out/core_build.log" 2>&1 && tail -5 "$out/core_build.log" || { tail -30 "$out/core_build.log"; status=1; }
+
+echo "== benchmarks"
+slug=$(python3 -c "import torch, re; print(re.sub('[^a-z0-9]+', '-', torch.cuda.get_device_name().lower()).strip('-'))")
+json="bench/results/${slug}-$(date +%Y-%m-%d).json"
+python3 -m pytest bench/ --benchmark-only -q --benchmark-json="$json" 2>&1 | tail -5 || status=1
+if [ -f "$json" ]; then
+  python3 bench/report.py "$json"
+  cp "$json" "$out/" 2>/dev/null || true
+fi
+exit $status

@@ -1,0 +1,53 @@
+"""Test set-up (DESIGN §5): Triton runs in the interpreter when there is no GPU, outputs are NaN-poisoned,
+GPU-only tests are marked ``gpu`` and skipped cleanly without one."""
+
+import os
+
+import torch
+
+# Must precede the definition of any Triton kernel, so it is set before perfkern is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import perfkern  # noqa: E402
+from perfkern.ops import _common  # noqa: E402
+
+HAS_GPU = torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_GPU:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _poisoned_outputs():
+    previous = _common.set_poison(True)
+    yield
+    _common.set_poison(previous)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def device() -> torch.device:
+    return torch.device("cuda" if HAS_GPU else "cpu")
+
+
+@pytest.fixture(params=list(perfkern._dispatch.BACKENDS))
+def backend(request, device):
+    """Each backend in turn, inside ``use_backend``; skipped where it cannot run on this machine."""
+    reason = perfkern._dispatch.unavailable_reason(request.param, device)
+    if reason is not None:
+        pytest.skip(f"{request.param} backend unavailable: {reason}")
+    with perfkern.use_backend(request.param):
+        yield request.param

@@ -1,0 +1,306 @@
+"""The 2:4 format on every backend against the reference, bit for bit (DESIGN §3.1, §3.2)."""
+
+import itertools
+
+import pytest
+import torch
+from tolerances import assert_bits_equal
+from torch.sparse._semi_structured_conversions import (
+    sparse_semi_structured_from_dense_cutlass,
+    sparse_semi_structured_to_dense_cutlass,
+)
+
+import perfkern
+from perfkern import sparsity
+from perfkern.reference import sparse24 as ref
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+SHAPES = [
+    pytest.param(1, 16, id="N1-K16"),
+    pytest.param(7, 48, id="N7-K48"),
+    pytest.param(33, 112, id="N33-K112"),
+    pytest.param(64, 128, id="N64-K128"),
+]
+CUTLASS_SHAPES = [
+    pytest.param(32, 64, id="N32-K64"),
+    pytest.param(96, 128, id="N96-K128"),
+]
+
+
+def _awkward(n: int, k: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """Random values with the groups that break careless kernels planted in the first rows: all zeros, signed
+    zeros, ties, a single non-zero, NaN, inf."""
+    w = torch.randn(n, k, device=device).to(dtype)
+    special = [
+        [0.0, 0.0, 0.0, 0.0],
+        [-0.0, -0.0, 0.0, -0.0],
+        [1.0, 1.0, 1.0, 1.0],
+        [0.0, 0.0, 0.0, -3.0],
+        [2.0, -2.0, 2.0, 0.5],
+        [float("nan"), 1.0, 0.0, 2.0],
+        [0.5, float("inf"), -float("inf"), 1.0],
+        [-0.0, 5.0, -0.0, 0.0],
+    ]
+    flat = w.view(-1, 4)
+    for i, group in enumerate(special[: flat.shape[0]]):
+        flat[i] = torch.tensor(group, dtype=dtype)
+    return w
+
+
+def _brute_force_mask(scores: torch.Tensor) -> torch.Tensor:
+    """The selection rule written out one group at a time, independent of the vectorised reference."""
+    out = torch.zeros(scores.shape, dtype=torch.bool)
+    for r, g in itertools.product(range(scores.shape[0]), range(scores.shape[1] // 4)):
+        group = [float(v) for v in scores[r, 4 * g : 4 * g + 4].float()]
+        mags = [float("inf") if v != v else abs(v) for v in group]
+        order = sorted(range(4), key=lambda j: (-mags[j], j))
+        for j in order[:2]:
+            out[r, 4 * g + j] = True
+    return out
+
+
+def test_reference_mask_follows_the_rule():
+    w = _awkward(9, 32, torch.float32, "cpu")
+    assert torch.equal(ref.mask_2to4(w), _brute_force_mask(w))
+    assert ref.mask_2to4(w).view(9, 8, 4).sum(-1).eq(2).all()
+
+
+def test_reference_meta_encoding():
+    # Row 0 keeps (0, 1) | (0, 2) | (1, 3) | (2, 3): nibbles 0b0100, 0b1000, 0b1101, 0b1110 (research notes).
+    w = torch.tensor([[1, 1, 0, 0, 1, 0, 1, 0, 0, 1, 0, 1, 0, 0, 1, 1]], dtype=torch.float32)
+    values, meta = ref.compress_2to4(w)
+    assert int(meta[0, 0]) & 0xFFFF == 0b1110_1101_1000_0100
+    assert torch.equal(values, torch.ones(1, 8))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n,k", SHAPES)
+def test_compress_and_mask_match_reference(backend, device, n, k, dtype):
+    w = _awkward(n, k, dtype, device)
+    values, meta = sparsity.compress_2to4(w, strict=False)
+    assert perfkern.last_backend("compress_2to4") == backend
+    mask = sparsity.mask_2to4(w)
+    assert perfkern.last_backend("mask_2to4") == backend
+    expected_values, expected_meta = ref.compress_2to4(w)
+    assert_bits_equal(values, expected_values)
+    assert_bits_equal(meta, expected_meta)
+    assert_bits_equal(mask, ref.mask_2to4(w))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n,k", SHAPES)
+def test_decompress_inverts_compress(backend, device, n, k, dtype):
+    w = torch.randn(n, k, device=device).to(dtype)
+    w = torch.where(ref.mask_2to4(w), w, torch.zeros((), dtype=dtype, device=device))
+    values, meta = sparsity.compress_2to4(w)
+    dense = sparsity.decompress_2to4(values, meta)
+    assert_bits_equal(dense, w)
+    assert_bits_equal(sparsity.gather_2to4(dense, meta), values)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n,k", SHAPES)
+def test_decompress_and_gather_any_metadata(backend, device, n, k, dtype):
+    # Arbitrary int16 words include malformed nibbles (equal or descending indices): every backend must decode
+    # them by the same rule as the reference.
+    meta = torch.randint(-(2**15), 2**15, (n, k // 16), dtype=torch.int16, device=device)
+    values = _awkward(n, k // 2, dtype, device) if k >= 32 else torch.randn(n, k // 2, device=device).to(dtype)
+    assert_bits_equal(sparsity.decompress_2to4(values, meta), ref.decompress_2to4(values, meta))
+    dense = _awkward(n, k, dtype, device)
+    assert_bits_equal(sparsity.gather_2to4(dense, meta), ref.gather_2to4(dense, meta))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_row_strided_inputs(backend, device, dtype):
+    big = _awkward(32, 96, dtype, device)
+    w = big[::2, 16:80]  # row stride 192 elements, unit column stride: no copy is needed
+    values, meta = sparsity.compress_2to4(w, strict=False)
+    expected_values, expected_meta = ref.compress_2to4(w.contiguous())
+    assert_bits_equal(values, expected_values)
+    assert_bits_equal(meta, expected_meta)
+    wide_values = torch.cat([values, values], dim=1)[:, : values.shape[1]]
+    assert_bits_equal(sparsity.decompress_2to4(wide_values, meta), ref.decompress_2to4(values, meta))
+    wt = big.t()[:48, :]  # column stride != 1: copied to unit column stride
+    assert_bits_equal(sparsity.mask_2to4(wt), ref.mask_2to4(wt.contiguous()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("n,k", CUTLASS_SHAPES)
+def test_cutlass_layout_matches_torch(backend, device, n, k, dtype):
+    w = torch.randn(n, k, device=device).to(dtype)
+    w = torch.where(ref.mask_2to4(w), w, torch.zeros((), dtype=dtype, device=device))
+    torch_values, torch_meta = sparse_semi_structured_from_dense_cutlass(w)
+    values_c, meta_c = sparsity.to_cutlass(*sparsity.compress_2to4(w))
+    assert_bits_equal(values_c, torch_values)
+    assert_bits_equal(meta_c, torch_meta)
+    values, meta = sparsity.from_cutlass(torch_values, torch_meta)
+    assert_bits_equal(sparsity.decompress_2to4(values, meta), w)
+    assert_bits_equal(sparse_semi_structured_to_dense_cutlass(values_c, meta_c), w)
+
+
+def test_cutlass_roundtrip_of_any_metadata(backend, device):
+    meta = torch.randint(-(2**15), 2**15, (64, 8), dtype=torch.int16, device=device)
+    values = torch.randn(64, 64, device=device, dtype=torch.float16)
+    _, meta_c = sparsity.to_cutlass(values, meta)
+    assert_bits_equal(meta_c, ref.meta_to_cutlass(meta))
+    assert_bits_equal(sparsity.from_cutlass(values, meta_c)[1], meta)
+
+
+def test_strict_compress_rejects_dense_input(device):
+    w = torch.randn(8, 32, device=device)
+    w = w * ref.mask_2to4(w)
+    w[3, 4:8] = torch.tensor([1.0, 2.0, 3.0, 0.0])
+    with pytest.raises(ValueError, match=r"not 2:4 sparse: row 3, columns 4..7 hold 3 non-zeros"):
+        sparsity.compress_2to4(w)
+    values, meta = sparsity.compress_2to4(w, strict=False)
+    assert_bits_equal(sparsity.decompress_2to4(values, meta), ref.decompress_2to4(*ref.compress_2to4(w)))
+    assert not sparsity.is_2to4(w)
+    assert sparsity.is_2to4(sparsity.decompress_2to4(values, meta))
+
+
+def test_pad_to_multiple():
+    w = torch.randn(3, 20)
+    padded = sparsity.pad_to_multiple(w, 16)
+    assert padded.shape == (3, 32)
+    assert torch.equal(padded[:, :20], w) and not padded[:, 20:].any()
+    assert sparsity.pad_to_multiple(padded, 16) is padded
+
+
+def _bad_calls():
+    w = torch.randn(8, 32)
+    values, meta = ref.compress_2to4(w)
+    h_values, h_meta = ref.compress_2to4(w.half())
+    cases = {
+        "rank": (lambda: sparsity.compress_2to4(w[0]), ValueError, r"w must be 2-D \[N, K\], got shape \[32\]"),
+        "K%16": (lambda: sparsity.compress_2to4(torch.randn(8, 20)), ValueError, r"multiple of 16 .*got 20"),
+        "dtype": (
+            lambda: sparsity.compress_2to4(w.double()),
+            TypeError,
+            r"float32, float16 or bfloat16, got torch.float64",
+        ),
+        "mask-dtype": (lambda: sparsity.mask_2to4(w.int()), TypeError, r"scores must be float32"),
+        "meta-shape": (
+            lambda: sparsity.decompress_2to4(values, meta[:, :1]),
+            ValueError,
+            r"meta must be \[N, K/16\] = \[8, 2\] for values \[8, 16\], got \[8, 1\]",
+        ),
+        "meta-dtype": (
+            lambda: sparsity.decompress_2to4(values, meta.int()),
+            TypeError,
+            r"meta must be int16, got torch.int32",
+        ),
+        "values-K": (lambda: sparsity.decompress_2to4(values[:, :12], meta), ValueError, r"16 .*got 24"),
+        "gather-meta": (
+            lambda: sparsity.gather_2to4(w, meta[:4]),
+            ValueError,
+            r"meta must be \[N, K/16\] = \[8, 2\] for dense \[8, 32\], got \[4, 2\]",
+        ),
+        "cutlass-dtype": (lambda: sparsity.to_cutlass(values, meta), TypeError, r"float16/bfloat16, got torch.float32"),
+        "cutlass-shape": (
+            lambda: sparsity.to_cutlass(h_values, h_meta),
+            ValueError,
+            r"N % 32 == 0 and K % 64 == 0, got N=8, K=32",
+        ),
+    }
+    return [pytest.param(*case, id=name) for name, case in cases.items()]
+
+
+@pytest.mark.parametrize("call,error,message", _bad_calls())
+def test_bad_input_gets_a_clear_error(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+@pytest.mark.gpu
+def test_device_mismatch_is_an_error():
+    values, meta = ref.compress_2to4(torch.randn(8, 32))
+    with pytest.raises(ValueError, match="one device"):
+        sparsity.decompress_2to4(values.cuda(), meta)
+
+
+# Gradients: each op's registered backward against autograd through the reference, and the reference against
+# finite differences in float64.
+
+
+def test_reference_gradcheck():
+    w = torch.randn(4, 32, dtype=torch.float64)
+    values, meta = ref.compress_2to4(w)
+    values.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda v: ref.decompress_2to4(v, meta), (values,))
+    dense = torch.randn(4, 32, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda d: ref.gather_2to4(d, meta), (dense,))
+    assert torch.autograd.gradcheck(lambda d: ref.compress_2to4(d)[0], (dense,))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_gradients_match_reference(backend, device, dtype):
+    w = torch.randn(16, 64, device=device).to(dtype)
+    upstream = torch.randn(16, 32, device=device).to(dtype)
+    upstream_dense = torch.randn(16, 64, device=device).to(dtype)
+
+    w1, w2 = w.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    sparsity.compress_2to4(w1, strict=False)[0].backward(upstream)
+    ref.compress_2to4(w2)[0].backward(upstream)
+    assert_bits_equal(w1.grad, w2.grad)
+
+    _, meta = ref.compress_2to4(w)
+    v1, v2 = upstream.clone().requires_grad_(True), upstream.clone().requires_grad_(True)
+    sparsity.decompress_2to4(v1, meta).backward(upstream_dense)
+    ref.decompress_2to4(v2, meta).backward(upstream_dense)
+    assert_bits_equal(v1.grad, v2.grad)
+
+    d1, d2 = upstream_dense.clone().requires_grad_(True), upstream_dense.clone().requires_grad_(True)
+    sparsity.gather_2to4(d1, meta).backward(upstream)
+    ref.gather_2to4(d2, meta).backward(upstream)
+    assert_bits_equal(d1.grad, d2.grad)
+
+
+OPS = ["mask_2to4", "compress_2to4", "decompress_2to4", "gather_2to4", "meta_to_cutlass", "meta_from_cutlass"]
+
+
+def _sample_args(name: str, device) -> tuple:
+    w = torch.randn(32, 64, device=device, dtype=torch.float16)
+    values, meta = ref.compress_2to4(w)
+    return {
+        "mask_2to4": (w,),
+        "compress_2to4": (w.clone().requires_grad_(True),),
+        "decompress_2to4": (values.clone().requires_grad_(True), meta),
+        "gather_2to4": (w.clone().requires_grad_(True), meta),
+        "meta_to_cutlass": (meta,),
+        "meta_from_cutlass": (meta,),
+    }[name]
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_opcheck(device, name):
+    torch.library.opcheck(getattr(torch.ops.perfkern, name).default, _sample_args(name, device))
+
+
+def test_compiles_without_graph_breaks(device):
+    def roundtrip(w):
+        values, meta = torch.ops.perfkern.compress_2to4(w)
+        return sparsity.decompress_2to4(values * 2, sparsity.from_cutlass(*sparsity.to_cutlass(values, meta))[1])
+
+    w = torch.randn(32, 64, device=device, dtype=torch.float16)
+    compiled = torch.compile(roundtrip, fullgraph=True, backend="aot_eager")
+    assert_bits_equal(compiled(w), roundtrip(w))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_matches_torch_semi_structured_on_gpu(dtype):
+    from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
+
+    SparseSemiStructuredTensor._FORCE_CUTLASS = True
+    w = torch.randn(128, 256, device="cuda").to(dtype)
+    w = w * sparsity.mask_2to4(w)
+    theirs = to_sparse_semi_structured(w)
+    values_c, meta_c = sparsity.to_cutlass(*sparsity.compress_2to4(w))
+    assert_bits_equal(values_c, theirs.packed.view(128, 128))
+    assert_bits_equal(meta_c, theirs.meta.view(128, 16))
+
+
+@pytest.mark.gpu
+def test_cuda_backend_runs_on_gpu():
+    reason = perfkern._dispatch.unavailable_reason("cuda", torch.device("cuda"))
+    assert reason is None, reason
