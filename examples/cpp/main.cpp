@@ -1,0 +1,133 @@
+// Minimal consumer of perfkern's C API: prints the build, lists the device and, when there is one,
+// checks a compress -> decompress round trip of a 64x64 fp32 matrix that already is 2:4 sparse.
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+#include <cuda_runtime.h>
+#include <perfkern/perfkern.h>
+
+namespace {
+
+bool cuda_ok(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) {
+    std::fprintf(stderr, "%s failed: %s\n", what, cudaGetErrorString(err));
+    return false;
+  }
+  return true;
+}
+
+bool perfkern_ok(perfkern_status_t status, const char* what) {
+  if (status != PERFKERN_SUCCESS) {
+    std::fprintf(stderr, "%s failed: %s: %s\n", what, perfkern_status_string(status), perfkern_last_error());
+    return false;
+  }
+  return true;
+}
+
+int round_trip(int device) {
+  constexpr int64_t kRows = 64;
+  constexpr int64_t kCols = 64;
+  // Each group of 4 keeps two distinct non-zero entries; the pair varies across groups.
+  static const int kPairs[6][2] = {{0, 1}, {0, 2}, {0, 3}, {1, 2}, {1, 3}, {2, 3}};
+  std::vector<float> host(kRows * kCols, 0.0f);
+  for (int64_t r = 0; r < kRows; ++r) {
+    for (int64_t g = 0; g < kCols / 4; ++g) {
+      const int* pair = kPairs[(r + g) % 6];
+      host[r * kCols + 4 * g + pair[0]] = static_cast<float>(r + 1) + 0.25f * static_cast<float>(g);
+      host[r * kCols + 4 * g + pair[1]] = -static_cast<float>(g + 1) - 0.5f * static_cast<float>(r);
+    }
+  }
+
+  if (!cuda_ok(cudaSetDevice(device), "cudaSetDevice")) return 1;
+  float* d_src = nullptr;
+  float* d_values = nullptr;
+  int16_t* d_meta = nullptr;
+  float* d_dense = nullptr;
+  const size_t dense_bytes = sizeof(float) * kRows * kCols;
+  bool ok = cuda_ok(cudaMalloc(&d_src, dense_bytes), "cudaMalloc") &&
+            cuda_ok(cudaMalloc(&d_values, dense_bytes / 2), "cudaMalloc") &&
+            cuda_ok(cudaMalloc(&d_meta, sizeof(int16_t) * kRows * (kCols / 16)), "cudaMalloc") &&
+            cuda_ok(cudaMalloc(&d_dense, dense_bytes), "cudaMalloc") &&
+            cuda_ok(cudaMemcpy(d_src, host.data(), dense_bytes, cudaMemcpyHostToDevice), "cudaMemcpy") &&
+            cuda_ok(cudaMemset(d_dense, 0xff, dense_bytes), "cudaMemset");
+
+  if (ok) {
+    perfkern_sparse24_compress_params_t cp{};
+    cp.src = d_src;
+    cp.values = d_values;
+    cp.meta = d_meta;
+    cp.mask = nullptr;
+    cp.rows = kRows;
+    cp.cols = kCols;
+    cp.src_row_stride = kCols;
+    cp.values_row_stride = kCols / 2;
+    cp.meta_row_stride = kCols / 16;
+    cp.mask_row_stride = kCols;
+    cp.dtype = PERFKERN_DTYPE_F32;
+    cp.device = device;
+    ok = perfkern_ok(perfkern_sparse24_compress(&cp, nullptr), "perfkern_sparse24_compress");
+  }
+  if (ok) {
+    perfkern_sparse24_decompress_params_t dp{};
+    dp.values = d_values;
+    dp.meta = d_meta;
+    dp.dense = d_dense;
+    dp.rows = kRows;
+    dp.cols = kCols;
+    dp.values_row_stride = kCols / 2;
+    dp.meta_row_stride = kCols / 16;
+    dp.dense_row_stride = kCols;
+    dp.dtype = PERFKERN_DTYPE_F32;
+    dp.device = device;
+    ok = perfkern_ok(perfkern_sparse24_decompress(&dp, nullptr), "perfkern_sparse24_decompress");
+  }
+  std::vector<float> back(kRows * kCols, 0.0f);
+  if (ok) {
+    ok = cuda_ok(cudaDeviceSynchronize(), "cudaDeviceSynchronize") &&
+         cuda_ok(cudaMemcpy(back.data(), d_dense, dense_bytes, cudaMemcpyDeviceToHost), "cudaMemcpy");
+  }
+  cudaFree(d_src);
+  cudaFree(d_values);
+  cudaFree(d_meta);
+  cudaFree(d_dense);
+  if (!ok) return 1;
+
+  int64_t mismatches = 0;
+  for (int64_t i = 0; i < kRows * kCols; ++i) {
+    if (std::memcmp(&back[i], &host[i], sizeof(float)) != 0) {
+      if (mismatches < 5) {
+        std::fprintf(stderr, "mismatch at (%lld, %lld): got %g, expected %g\n", static_cast<long long>(i / kCols),
+                     static_cast<long long>(i % kCols), back[i], host[i]);
+      }
+      ++mismatches;
+    }
+  }
+  if (mismatches != 0) {
+    std::fprintf(stderr, "round trip FAILED: %lld of %lld entries differ\n", static_cast<long long>(mismatches),
+                 static_cast<long long>(kRows * kCols));
+    return 1;
+  }
+  std::printf("round trip OK: compress -> decompress of a %lldx%lld fp32 2:4 matrix\n",
+              static_cast<long long>(kRows), static_cast<long long>(kCols));
+  return 0;
+}
+
+}  // namespace
+
+int main() {
+  std::printf("perfkern %s (CUDA archs %s)\n", perfkern_version(), perfkern_cuda_archs());
+  int count = 0;
+  const perfkern_status_t status = perfkern_device_count(&count);
+  if (status != PERFKERN_SUCCESS || count == 0) {
+    std::printf("no CUDA device (%s: %s); skipping the round trip\n", perfkern_status_string(status),
+                perfkern_last_error());
+    return 0;
+  }
+  perfkern_device_info_t info;
+  if (!perfkern_ok(perfkern_device_info(0, &info), "perfkern_device_info")) return 1;
+  std::printf("device 0: %s, compute capability %d.%d, %d SMs, %lld bytes\n", info.name, info.major, info.minor,
+              info.multiprocessor_count, static_cast<long long>(info.total_global_mem));
+  return round_trip(0);
+}

@@ -1,0 +1,177 @@
+"""Build script of perfkern.
+
+The Python packages are plain setuptools: ``perfkern`` from ``perfkern/`` and ``perfkern.kernels``
+from the top-level ``kernels/`` directory. The optional native module ``perfkern._C`` is built by
+CMake (see CMakeLists.txt), driven from a ``build_ext`` subclass.
+
+Environment:
+  PERFKERN_BUILD_CUDA   auto (default): build perfkern._C when nvcc is found (PATH, CUDA_HOME,
+                        CUDA_PATH) and cmake is available, else install pure Python;
+                        1: build it, failing when nvcc or cmake is missing; 0: pure Python.
+  PERFKERN_CUDA_ARCHS   CUDA architectures, default "80;90a".
+  MAX_JOBS              parallel compile jobs (default: the CPU count).
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+CMAKE_MIN_VERSION = (3, 24)
+DEFAULT_CUDA_ARCHS = "80;90a"
+
+
+def _log(msg):
+    print(f"perfkern setup: {msg}", file=sys.stderr, flush=True)
+
+
+def _build_mode():
+    raw = os.environ.get("PERFKERN_BUILD_CUDA", "auto").strip().lower()
+    if raw in ("", "auto"):
+        return "auto"
+    if raw in ("1", "on", "true", "yes"):
+        return "1"
+    if raw in ("0", "off", "false", "no"):
+        return "0"
+    raise SystemExit(f"PERFKERN_BUILD_CUDA must be auto, 0 or 1, got {raw!r}")
+
+
+def _find_nvcc():
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        return nvcc
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        home = os.environ.get(var)
+        if home:
+            candidate = Path(home) / "bin" / "nvcc"
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                return str(candidate)
+    return None
+
+
+def _cmake_version(cmake):
+    try:
+        out = subprocess.run([cmake, "--version"], check=True, capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    match = re.search(r"version (\d+)\.(\d+)", out)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def _find_cmake():
+    cmake = shutil.which("cmake")
+    if not cmake:
+        return None, "cmake was not found on PATH"
+    version = _cmake_version(cmake)
+    if version is None or version < CMAKE_MIN_VERSION:
+        want = ".".join(map(str, CMAKE_MIN_VERSION))
+        return None, f"{cmake} is not CMake >= {want} (found {version})"
+    return cmake, None
+
+
+def _native_toolchain():
+    """(nvcc, cmake) when perfkern._C is to be built, else None."""
+    mode = _build_mode()
+    if mode == "0":
+        _log("PERFKERN_BUILD_CUDA=0: installing pure Python (no perfkern._C)")
+        return None
+    nvcc = _find_nvcc()
+    cmake, cmake_problem = _find_cmake()
+    problems = []
+    if nvcc is None:
+        problems.append("nvcc was not found on PATH or under CUDA_HOME / CUDA_PATH")
+    if cmake is None:
+        problems.append(cmake_problem)
+    if problems:
+        if mode == "1":
+            raise SystemExit("PERFKERN_BUILD_CUDA=1 but the CUDA extension cannot be built: " + "; ".join(problems))
+        _log("not building perfkern._C (" + "; ".join(problems) + "); installing pure Python")
+        return None
+    return nvcc, cmake
+
+
+class CMakeExtension(Extension):
+    def __init__(self, name, nvcc, cmake):
+        super().__init__(name, sources=[])
+        self.nvcc = nvcc
+        self.cmake = cmake
+
+
+class CMakeBuild(build_ext):
+    """Configures and builds the CMake target ``_C`` and puts it where setuptools expects it."""
+
+    def build_extension(self, ext):
+        if not isinstance(ext, CMakeExtension):
+            return super().build_extension(ext)
+
+        target = Path(self.get_ext_fullpath(ext.name)).resolve()
+        build_dir = Path(self.build_temp).resolve() / "perfkern-cmake"
+        stage_dir = build_dir / "python"
+        build_dir.mkdir(parents=True, exist_ok=True)
+
+        archs = os.environ.get("PERFKERN_CUDA_ARCHS", DEFAULT_CUDA_ARCHS).strip() or DEFAULT_CUDA_ARCHS
+        jobs = os.environ.get("MAX_JOBS") or str(self.parallel or os.cpu_count() or 1)
+        config = "Debug" if self.debug else "Release"
+
+        args = [
+            ext.cmake,
+            "-S",
+            str(ROOT),
+            "-B",
+            str(build_dir),
+            f"-DCMAKE_BUILD_TYPE={config}",
+            f"-DCMAKE_CUDA_COMPILER={ext.nvcc}",
+            "-DPERFKERN_BUILD_PYTHON=ON",
+            "-DPERFKERN_INSTALL=OFF",
+            f"-DPERFKERN_CUDA_ARCHS={archs}",
+            f"-DPERFKERN_PYTHON_OUTPUT_DIR={stage_dir}",
+            f"-DPython_EXECUTABLE={sys.executable}",
+        ]
+        try:
+            import pybind11
+
+            args.append(f"-Dpybind11_DIR={pybind11.get_cmake_dir()}")
+        except ImportError:
+            pass
+        if not (build_dir / "CMakeCache.txt").exists() and shutil.which("ninja"):
+            args += ["-G", "Ninja"]
+
+        _log(f"building perfkern._C for CUDA archs {archs} with {jobs} jobs in {build_dir}")
+        self._run(args)
+        self._run([ext.cmake, "--build", str(build_dir), "--target", "_C", "--parallel", str(jobs)])
+
+        built = sorted(stage_dir.glob("_C*.so")) + sorted(stage_dir.glob("_C*.pyd"))
+        if len(built) != 1:
+            raise RuntimeError(f"expected one built _C module in {stage_dir}, found {built}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(built[0], target)
+        os.chmod(target, 0o755)
+        _log(f"perfkern._C -> {target}")
+
+    @staticmethod
+    def _run(cmd):
+        _log("+ " + " ".join(cmd))
+        subprocess.run(cmd, check=True)
+
+
+def _packages():
+    packages = ["perfkern"] + [f"perfkern.{p}" for p in find_packages("perfkern")]
+    packages += ["perfkern.kernels"] + [f"perfkern.kernels.{p}" for p in find_packages("kernels")]
+    return packages
+
+
+toolchain = _native_toolchain()
+
+setup(
+    packages=_packages(),
+    package_dir={"perfkern": "perfkern", "perfkern.kernels": "kernels"},
+    ext_modules=[CMakeExtension("perfkern._C", *toolchain)] if toolchain else [],
+    cmdclass={"build_ext": CMakeBuild},
+    zip_safe=False,
+)
