@@ -12,6 +12,8 @@ exact for every value, NaN payloads included.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -235,3 +237,290 @@ def meta_reorder(src: torch.Tensor, dst: torch.Tensor, to_cutlass: bool) -> None
     _sparse24_meta_reorder_kernel[grid](
         src, dst, rows, cols, TO_CUTLASS=bool(to_cutlass), BLOCK_R=block_r, BLOCK_C=block_c
     )
+
+
+@triton.jit
+def _sparse24_mm_kernel(
+    x_ptr,
+    values_ptr,
+    meta_ptr,
+    bias_ptr,
+    lora_t_ptr,
+    lora_b_ptr,
+    out_ptr,
+    M,
+    N,
+    K,
+    R,
+    scale,
+    stride_xm,
+    stride_xk,
+    stride_vn,
+    stride_vk,
+    stride_en,
+    stride_ek,
+    stride_bias,
+    stride_tm,
+    stride_tr,
+    stride_bn,
+    stride_br,
+    stride_om,
+    stride_on,
+    HAS_BIAS: tl.constexpr,
+    HAS_LORA: tl.constexpr,
+    INTERPRET: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+):
+    """out = x·Wsᵀ + bias + scale·T·Bᵀ, Ws = decompress(values, meta) 2:4 along K, T [M, r], B [N, r]
+    (DESIGN §3.3: SLoPe, Mozaffari et al., ICLR 2025; 2:4 format of Mishra et al., arXiv 2104.08378).
+
+    Position p of every group of 4 is its own plane: x[:, 4g + p] and Ws[:, 4g + p] = v1 if idx1 == p, else v0
+    if idx0 == p, else 0. A chunk of BLOCK_K = 4·G columns is four products of width G, so the weight tile is
+    decoded by selects on [BLOCK_N, G] planes and never interleaved. The accumulator is [BLOCK_N, BLOCK_M]
+    (outᵀ): the decoded weight is the left operand and a small M sits in the MMA's narrow dimension.
+    """
+    pid_n = tl.program_id(0).to(tl.int64)
+    pid_m = tl.program_id(1).to(tl.int64)
+    GROUPS: tl.constexpr = BLOCK_K // 4
+    WORDS: tl.constexpr = BLOCK_K // 16
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)  # [BM]
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)  # [BN]
+    m_in = rm < M
+    n_in = rn < N
+    shifts = 4 * tl.arange(0, 4)  # [4]
+    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K).to(tl.int64)  # [BK]
+        rv = k0 // 2 + tl.arange(0, 2 * GROUPS).to(tl.int64)  # [BK/2]
+        rw = k0 // 16 + tl.arange(0, WORDS).to(tl.int64)  # [BK/16]
+        xs = tl.load(
+            x_ptr + rm[:, None] * stride_xm + rk[None, :] * stride_xk, mask=m_in[:, None] & (rk < K)[None, :], other=0.0
+        )  # [BM, BK]
+        vs = tl.load(
+            values_ptr + rn[:, None] * stride_vn + rv[None, :] * stride_vk,
+            mask=n_in[:, None] & (rv < K // 2)[None, :],
+            other=0.0,
+        )  # [BN, BK/2]
+        words = tl.load(
+            meta_ptr + rn[:, None] * stride_en + rw[None, :] * stride_ek,
+            mask=n_in[:, None] & (rw < K // 16)[None, :],
+            other=0,
+        ).to(tl.int32)  # [BN, BK/16]
+        if INTERPRET:
+            xs = xs.to(tl.float32)
+            vs = vs.to(tl.float32)
+        # Column k = 4g + 2h + l of the chunk: splitting l then h leaves one [., G] plane per position p = 2h + l.
+        x_even, x_odd = tl.split(tl.reshape(xs, [BLOCK_M, GROUPS, 2, 2]))
+        x0, x2 = tl.split(x_even)  # [BM, G]
+        x1, x3 = tl.split(x_odd)  # [BM, G]
+        v0, v1 = tl.split(tl.reshape(vs, [BLOCK_N, GROUPS, 2]))  # [BN, G]
+        # int16 words sign-extend; the & keeps only the nibble, so bit 15 set is harmless.
+        nibble = tl.reshape((words[:, :, None] >> shifts[None, None, :]) & 0xF, [BLOCK_N, GROUPS])  # [BN, G]
+        idx0 = nibble & 3
+        idx1 = nibble >> 2
+        zero = tl.zeros_like(v0)
+        # The second index wins, as in decompress, so every backend decodes malformed metadata alike.
+        w0 = tl.where(idx1 == 0, v1, tl.where(idx0 == 0, v0, zero))  # [BN, G]
+        w1 = tl.where(idx1 == 1, v1, tl.where(idx0 == 1, v0, zero))  # [BN, G]
+        w2 = tl.where(idx1 == 2, v1, tl.where(idx0 == 2, v0, zero))  # [BN, G]
+        w3 = tl.where(idx1 == 3, v1, tl.where(idx0 == 3, v0, zero))  # [BN, G]
+        acc = tl.dot(w0, tl.trans(x0), acc, input_precision=PRECISION)
+        acc = tl.dot(w1, tl.trans(x1), acc, input_precision=PRECISION)
+        acc = tl.dot(w2, tl.trans(x2), acc, input_precision=PRECISION)
+        acc = tl.dot(w3, tl.trans(x3), acc, input_precision=PRECISION)
+    if HAS_LORA:
+        # The rank is padded to BLOCK_R with zeros; its own accumulator lets scale apply once, in fp32.
+        low = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+        for r0 in range(0, R, BLOCK_R):
+            rr = r0 + tl.arange(0, BLOCK_R).to(tl.int64)  # [BR]
+            r_in = rr < R
+            ts = tl.load(
+                lora_t_ptr + rm[:, None] * stride_tm + rr[None, :] * stride_tr,
+                mask=m_in[:, None] & r_in[None, :],
+                other=0.0,
+            )  # [BM, BR]
+            bs = tl.load(
+                lora_b_ptr + rn[:, None] * stride_bn + rr[None, :] * stride_br,
+                mask=n_in[:, None] & r_in[None, :],
+                other=0.0,
+            )  # [BN, BR]
+            if INTERPRET:
+                ts = ts.to(tl.float32)
+                bs = bs.to(tl.float32)
+            low = tl.dot(bs, tl.trans(ts), low, input_precision=PRECISION)
+        acc += scale * low
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + rn * stride_bias, mask=n_in, other=0.0).to(tl.float32)[:, None]
+    tl.store(
+        out_ptr + rm[None, :] * stride_om + rn[:, None] * stride_on,
+        acc.to(out_ptr.dtype.element_ty),
+        mask=n_in[:, None] & m_in[None, :],
+    )
+
+
+@triton.jit
+def _sparse24_weight_grad_kernel(
+    dy_ptr,
+    x_ptr,
+    meta_ptr,
+    out_ptr,
+    M,
+    N,
+    K,
+    stride_dm,
+    stride_dn,
+    stride_xm,
+    stride_xk,
+    stride_en,
+    stride_ek,
+    stride_on,
+    stride_ok,
+    INTERPRET: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """out_values = gather(dyᵀ·x, meta): the entries of G = dy[M, N]ᵀ·x[M, K] that meta keeps, in column order
+    (DESIGN §3.3, dWs = mask ⊙ dyᵀ·x). A [BLOCK_N, BLOCK_K] tile of G is reduced over M in fp32 and picked from
+    on chip; only BLOCK_K / 2 values per row leave the program."""
+    pid_n = tl.program_id(0).to(tl.int64)
+    pid_k = tl.program_id(1).to(tl.int64)
+    GROUPS: tl.constexpr = BLOCK_K // 4
+    WORDS: tl.constexpr = BLOCK_K // 16
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)  # [BN]
+    rk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K).to(tl.int64)  # [BK]
+    rv = pid_k * (BLOCK_K // 2) + tl.arange(0, 2 * GROUPS).to(tl.int64)  # [BK/2]
+    rw = pid_k * WORDS + tl.arange(0, WORDS).to(tl.int64)  # [BK/16]
+    n_in = rn < N
+    k_in = rk < K
+    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    for m0 in range(0, M, BLOCK_M):
+        rm = m0 + tl.arange(0, BLOCK_M).to(tl.int64)  # [BM]
+        m_in = rm < M
+        dys = tl.load(
+            dy_ptr + rm[None, :] * stride_dm + rn[:, None] * stride_dn, mask=n_in[:, None] & m_in[None, :], other=0.0
+        )  # [BN, BM]
+        xs = tl.load(
+            x_ptr + rm[:, None] * stride_xm + rk[None, :] * stride_xk, mask=m_in[:, None] & k_in[None, :], other=0.0
+        )  # [BM, BK]
+        if INTERPRET:
+            dys = dys.to(tl.float32)
+            xs = xs.to(tl.float32)
+        acc = tl.dot(dys, xs, acc, input_precision=PRECISION)
+    # Column k = 4g + 2h + l of the tile: splitting l then h leaves one [BN, G] plane per position p = 2h + l.
+    g_even, g_odd = tl.split(tl.reshape(acc, [BLOCK_N, GROUPS, 2, 2]))
+    g0, g2 = tl.split(g_even)  # [BN, G]
+    g1, g3 = tl.split(g_odd)  # [BN, G]
+    words = tl.load(
+        meta_ptr + rn[:, None] * stride_en + rw[None, :] * stride_ek,
+        mask=n_in[:, None] & (rw < K // 16)[None, :],
+        other=0,
+    ).to(tl.int32)  # [BN, BK/16]
+    shifts = 4 * tl.arange(0, 4)  # [4]
+    nibble = tl.reshape((words[:, :, None] >> shifts[None, None, :]) & 0xF, [BLOCK_N, GROUPS])  # [BN, G]
+    idx0 = nibble & 3
+    idx1 = nibble >> 2
+    v0 = tl.where(idx0 == 0, g0, tl.where(idx0 == 1, g1, tl.where(idx0 == 2, g2, g3)))  # [BN, G]
+    v1 = tl.where(idx1 == 0, g0, tl.where(idx1 == 1, g1, tl.where(idx1 == 2, g2, g3)))  # [BN, G]
+    kept = tl.reshape(tl.join(v0, v1), [BLOCK_N, 2 * GROUPS])  # [BN, BK/2]
+    tl.store(
+        out_ptr + rn[:, None] * stride_on + rv[None, :] * stride_ok,
+        kept.to(out_ptr.dtype.element_ty),
+        mask=n_in[:, None] & (rv < K // 2)[None, :],
+    )
+
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    """fp32 operands multiply in IEEE fp32 to match an fp32 reference; 16-bit ones take the tensor cores as is."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _mm_blocks(m: int, n: int, k: int, r: int) -> tuple[int, int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_R, num_warps) for mm.
+
+    Small M (decode) is bound by the weight bytes: narrow N tiles give many programs to stream them, and long K
+    chunks keep many bytes in flight per program. Larger M is bound by the MMAs: square 128-wide tiles. Every
+    block is clamped to the problem (at least 16, the smallest dot; BLOCK_K at least 64 so each of the four
+    position planes is 16 wide).
+    """
+    if m <= 16:
+        block_m, block_n, block_k, warps = 16, 32, 256, 4
+    elif m <= 64:
+        block_m, block_n, block_k, warps = 64, 64, 128, 4
+    else:
+        block_m, block_n, block_k, warps = 128, 128, 64, 8
+    block_m = min(block_m, max(16, triton.next_power_of_2(m)))
+    block_n = min(block_n, max(16, triton.next_power_of_2(n)))
+    block_k = min(block_k, max(64, triton.next_power_of_2(k)))
+    block_r = min(64, max(16, triton.next_power_of_2(r)))
+    return block_m, block_n, block_k, block_r, warps
+
+
+def mm(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    meta: torch.Tensor,
+    bias: torch.Tensor | None,
+    lora_t: torch.Tensor | None,
+    lora_b: torch.Tensor | None,
+    scale: float,
+    out: torch.Tensor,
+) -> None:
+    """out [M, N] = x [M, K]·Wsᵀ + bias [N] + scale·lora_t [M, r]·lora_b [N, r]ᵀ, Ws = decompress(values [N, K/2],
+    meta [N, K/16]); bias and the low-rank pair are optional. Any strides; one float dtype for all but meta."""
+    m, k = x.shape
+    n = values.shape[0]
+    r = lora_t.shape[1] if lora_t is not None else 0
+    if m == 0 or n == 0:
+        return
+    block_m, block_n, block_k, block_r, warps = _mm_blocks(m, n, k, r)
+    grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m))
+    _sparse24_mm_kernel[grid](
+        x, values, meta,
+        bias if bias is not None else x, lora_t if lora_t is not None else x, lora_b if lora_b is not None else x,
+        out, m, n, k, r, float(scale),
+        x.stride(0), x.stride(1), values.stride(0), values.stride(1), meta.stride(0), meta.stride(1),
+        bias.stride(0) if bias is not None else 0,
+        lora_t.stride(0) if lora_t is not None else 0, lora_t.stride(1) if lora_t is not None else 0,
+        lora_b.stride(0) if lora_b is not None else 0, lora_b.stride(1) if lora_b is not None else 0,
+        out.stride(0), out.stride(1),
+        HAS_BIAS=bias is not None, HAS_LORA=lora_t is not None, INTERPRET=_interpret(),
+        PRECISION=_dot_precision(x.dtype),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_R=block_r, num_warps=warps,
+    )  # fmt: skip
+
+
+def _weight_grad_blocks(m: int, n: int, k: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps) for weight_grad: a [64, 128] gradient tile per program, reduced
+    over M in chunks of 64, clamped to the problem (at least 16 everywhere, the smallest dot)."""
+    block_m = min(64, max(16, triton.next_power_of_2(m)))
+    block_n = min(64, max(16, triton.next_power_of_2(n)))
+    block_k = min(128, max(16, triton.next_power_of_2(k)))
+    return block_m, block_n, block_k, 4
+
+
+def weight_grad(dy: torch.Tensor, x: torch.Tensor, meta: torch.Tensor, out_values: torch.Tensor) -> None:
+    """out_values [N, K/2] = the entries of dy [M, N]ᵀ·x [M, K] that meta [N, K/16] keeps, accumulated in fp32;
+    the dense [N, K] gradient is never stored. Any strides."""
+    m, n = dy.shape
+    k = x.shape[1]
+    if n == 0 or k == 0:
+        return
+    block_m, block_n, block_k, warps = _weight_grad_blocks(m, n, k)
+    grid = (triton.cdiv(n, block_n), triton.cdiv(k, block_k))
+    _sparse24_weight_grad_kernel[grid](
+        dy, x, meta, out_values, m, n, k,
+        dy.stride(0), dy.stride(1), x.stride(0), x.stride(1), meta.stride(0), meta.stride(1),
+        out_values.stride(0), out_values.stride(1),
+        INTERPRET=_interpret(), PRECISION=_dot_precision(x.dtype),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
+    )  # fmt: skip

@@ -7,14 +7,20 @@ Backends (DESIGN §1): ``cuda`` (the compiled core, ``perfkern._C``), ``triton``
 
 from perfkern import ops, sparsity
 from perfkern._dispatch import BackendUnavailableError, available_backends, last_backend, use_backend
+from perfkern.functional import sparse24_linear
+from perfkern.nn import SkippedLayer, SparseLoRALinear, sparsify
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError",
+    "SkippedLayer",
+    "SparseLoRALinear",
     "available_backends",
     "last_backend",
     "ops",
+    "sparse24_linear",
+    "sparsify",
     "sparsity",
     "use_backend",
     "__version__",

@@ -42,3 +42,14 @@ def assert_bits_equal(actual: torch.Tensor, expected: torch.Tensor) -> None:
         f"{diff.shape[0]} elements differ; first at {tuple(diff[0].tolist())}: "
         f"{a[tuple(diff[0])].item()!r} vs {e[tuple(diff[0])].item()!r}"
     )
+
+
+def assert_within_torch_error(actual: torch.Tensor, truth: torch.Tensor, torch_native: torch.Tensor, name: str = ""):
+    """The kernel's error against an fp32 ``truth`` is at most twice PyTorch's own error (``torch_native``: the
+    same math in plain PyTorch at the kernel's precision), plus a floor from the tolerance table scaled to the
+    output's magnitude."""
+    truth = truth.float()
+    ours = (actual.float() - truth).abs().max().item()
+    theirs = (torch_native.float() - truth).abs().max().item()
+    floor = TOLERANCES[actual.dtype]["atol"] * max(1.0, truth.abs().max().item())
+    assert ours <= 2 * theirs + floor, f"{name}: error {ours:.3g} > 2 x torch's {theirs:.3g} + {floor:.3g}"

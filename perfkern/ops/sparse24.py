@@ -209,3 +209,123 @@ def _gather_backward(ctx, grad_values):
 compress_2to4.register_autograd(_compress_backward, setup_context=_save_meta_compress)
 decompress_2to4.register_autograd(_decompress_backward, setup_context=_save_meta_arg)
 gather_2to4.register_autograd(_gather_backward, setup_context=_save_meta_arg)
+
+
+# The sparse linear layer (DESIGN §3.3). Two primitives carry the arithmetic:
+#   sparse24_mm:          out = x·Wsᵀ + b + s·T·Bᵀ, with T = x·Aᵀ [M, r] computed beforehand (a thin GEMM), so the
+#                         kernel adds the low-rank term in its own accumulator and no M×N intermediate exists.
+#                         The double-pruned dx is the same product with the backward copy: dy·Wbwd + s·(dy·B)·A.
+#   sparse24_weight_grad: the kept entries of dyᵀ·x only, in compressed order.
+
+
+def _ref_mm(x, values, meta, bias, lora_t, lora_b, scale, out):
+    y = x.float() @ ref.decompress_2to4(values, meta).float().t()
+    if bias is not None:
+        y = y + bias.float()
+    if lora_t is not None:
+        y = y + scale * (lora_t.float() @ lora_b.float().t())
+    out.copy_(y)
+
+
+def _ref_weight_grad(dy, x, meta, out_values):
+    out_values.copy_(ref.gather_2to4(dy.float().t() @ x.float(), meta))
+
+
+MM = _dispatch.OpImpls("sparse24_mm", _ref_mm, f"{_TRITON}:mm")
+WEIGHT_GRAD = _dispatch.OpImpls("sparse24_weight_grad", _ref_weight_grad, f"{_TRITON}:weight_grad")
+
+
+@torch.library.custom_op("perfkern::sparse24_mm", mutates_args=())
+def sparse24_mm(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    meta: torch.Tensor,
+    bias: torch.Tensor | None,
+    lora_t: torch.Tensor | None,
+    lora_b: torch.Tensor | None,
+    scale: float,
+) -> torch.Tensor:
+    out = empty((x.shape[0], values.shape[0]), x.dtype, x.device)
+    _dispatch.run(MM, x.device, x, values, meta, bias, lora_t, lora_b, scale, out)
+    return out
+
+
+@sparse24_mm.register_fake
+def _(x, values, meta, bias, lora_t, lora_b, scale):
+    torch._check(x.shape[1] == 2 * values.shape[1])
+    return x.new_empty((x.shape[0], values.shape[0]))
+
+
+@torch.library.custom_op("perfkern::sparse24_weight_grad", mutates_args=())
+def sparse24_weight_grad(dy: torch.Tensor, x: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+    out = empty((dy.shape[1], x.shape[1] // 2), x.dtype, x.device)
+    _dispatch.run(WEIGHT_GRAD, x.device, dy, x, meta, out)
+    return out
+
+
+@sparse24_weight_grad.register_fake
+def _(dy, x, meta):
+    torch._check(dy.shape[0] == x.shape[0])
+    return x.new_empty((dy.shape[1], x.shape[1] // 2))
+
+
+@torch.library.custom_op("perfkern::sparse24_linear", mutates_args=())
+def sparse24_linear(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    meta: torch.Tensor,
+    bias: torch.Tensor | None,
+    lora_a: torch.Tensor | None,
+    lora_b: torch.Tensor | None,
+    scale: float,
+    bwd_values: torch.Tensor | None,
+    bwd_meta: torch.Tensor | None,
+) -> torch.Tensor:
+    x2 = x.reshape(-1, x.shape[-1])
+    lora_t = None if lora_a is None else x2 @ lora_a.t()
+    y = sparse24_mm(x2, values, meta, bias, lora_t, lora_b, scale)
+    return y.view(*x.shape[:-1], values.shape[0])
+
+
+@sparse24_linear.register_fake
+def _(x, values, meta, bias, lora_a, lora_b, scale, bwd_values, bwd_meta):
+    torch._check(x.shape[-1] == 2 * values.shape[1])
+    return x.new_empty((*x.shape[:-1], values.shape[0]))
+
+
+def _linear_setup_context(ctx, inputs, output):
+    x, values, meta, bias, lora_a, lora_b, scale, bwd_values, bwd_meta = inputs
+    ctx.scale = scale
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(x, values, meta, lora_a, lora_b, bwd_values, bwd_meta)
+
+
+def _linear_backward(ctx, grad):
+    x, values, meta, lora_a, lora_b, bwd_values, bwd_meta = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    k = x.shape[-1]
+    dy = grad.reshape(-1, grad.shape[-1]).contiguous()
+    x2 = x.reshape(-1, k)
+    dy_b = None if lora_a is None else dy @ lora_b  # [M, r]
+    dx = d_values = d_bias = d_a = d_b = None
+    if needs[0]:
+        if bwd_values is not None:
+            dx = sparse24_mm(dy, bwd_values, bwd_meta, None, dy_b, None if dy_b is None else lora_a.t(), ctx.scale)
+        else:
+            # Ws is 2:4 along K, the output dimension of this product: no sparse saving, so a dense GEMM.
+            dx = dy @ decompress_2to4(values, meta)
+            if dy_b is not None:
+                dx = dx + ctx.scale * (dy_b @ lora_a)
+        dx = dx.view(x.shape)
+    if needs[1]:
+        d_values = sparse24_weight_grad(dy, x2, meta)
+    if ctx.has_bias and needs[3]:
+        d_bias = dy.sum(0)
+    if lora_a is not None and needs[4]:
+        d_a = ctx.scale * (dy_b.t() @ x2)
+    if lora_a is not None and needs[5]:
+        d_b = ctx.scale * (dy.t() @ (x2 @ lora_a.t()))
+    return dx, d_values, None, d_bias, d_a, d_b, None, None, None
+
+
+sparse24_linear.register_autograd(_linear_backward, setup_context=_linear_setup_context)

@@ -114,3 +114,97 @@ def meta_from_cutlass(meta_c: torch.Tensor) -> torch.Tensor:
     """torch's CUTLASS layout [N, K/16] → canonical meta."""
     rows, cols = meta_c.shape
     return meta_c.reshape(-1)[cutlass_meta_offsets(rows, cols, meta_c.device)].view(rows, cols)
+
+
+def _transposable_patterns(device: torch.device | str) -> torch.Tensor:
+    """All 90 4x4 0/1 tiles with exactly two ones in every row and every column, as float [16, 90]."""
+    import itertools
+
+    rows = [r for r in itertools.product((0, 1), repeat=4) if sum(r) == 2]
+    tiles = [t for t in itertools.product(rows, repeat=4) if all(sum(col) == 2 for col in zip(*t, strict=True))]
+    return torch.tensor(tiles, dtype=torch.float32, device=device).view(len(tiles), 16).t().contiguous()
+
+
+def transposable_mask_2to4(scores: torch.Tensor) -> torch.Tensor:
+    """bool [N, K]: in every 4x4 tile, the pattern with two entries per row and per column (so both W and Wᵀ are
+    2:4) that keeps the largest total |score|. Exact: every tile scores all 90 such patterns (one small matmul)
+    and keeps the best; ties go to the first pattern in lexicographic order. N and K multiples of 4."""
+    n, k = scores.shape
+    m = scores.float().abs()
+    # Finite stand-ins for NaN/inf keep the pattern sums comparable (inf - inf would be NaN).
+    big = torch.finfo(torch.float32).max / 64
+    m = torch.where(torch.isnan(m) | (m > big), torch.full_like(m, big), m)
+    tiles = m.view(n // 4, 4, k // 4, 4).permute(0, 2, 1, 3).reshape(-1, 16)
+    patterns = _transposable_patterns(scores.device)
+    best = (tiles.double() @ patterns.double()).argmax(dim=1)
+    chosen = patterns.t()[best].bool()
+    return chosen.view(n // 4, k // 4, 4, 4).permute(0, 2, 1, 3).reshape(n, k)
+
+
+def double_mask_2to4(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SLoPe's double pruning: (mask, bwd_mask), both bool [N, K]. ``mask`` is 2:4 along K (the forward);
+    ``bwd_mask`` is ``mask`` pruned again 2:4 along N by the magnitude of the kept scores, so the backward copy
+    (W ⊙ bwd_mask)ᵀ [K, N] is 2:4 along N."""
+    mask = mask_2to4(scores)
+    kept = torch.where(mask, scores.float().abs(), torch.zeros((), device=scores.device))
+    return mask, mask & mask_2to4(kept.t().contiguous()).t()
+
+
+def sparse24_linear(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    meta: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    lora_a: torch.Tensor | None = None,
+    lora_b: torch.Tensor | None = None,
+    scale: float = 1.0,
+) -> torch.Tensor:
+    """y = x·Wsᵀ + b + s·(x·Aᵀ)·Bᵀ in fp32 (fp64 for fp64 inputs), cast to x's dtype.
+    x [..., K], Ws [N, K], A [r, K], B [N, r]."""
+    acc = _acc_dtype(x)
+    xf = x.to(acc)
+    y = xf @ decompress_2to4(values, meta).to(acc).t()
+    if bias is not None:
+        y = y + bias.to(acc)
+    if lora_a is not None:
+        y = y + scale * (xf @ lora_a.to(acc).t()) @ lora_b.to(acc).t()
+    return y.to(x.dtype)
+
+
+def _acc_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def sparse24_linear_backward(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    values: torch.Tensor,
+    meta: torch.Tensor,
+    lora_a: torch.Tensor | None = None,
+    lora_b: torch.Tensor | None = None,
+    scale: float = 1.0,
+    bwd_values: torch.Tensor | None = None,
+    bwd_meta: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(dx, dvalues, dbias, dA, dB) of ``sparse24_linear`` in fp32 (DESIGN §3.3).
+
+    dx = dy·Wbwd + s·(dy·B)·A with Wbwd = Ws, or the double-pruned copy when ``bwd_values``/``bwd_meta``
+    (= compress_2to4(Wbwdᵀ), [K, N] 2:4 along N) are given; dvalues = gather(dyᵀ·x, meta) (only the kept
+    entries); db = Σ dy; dA = s·(dy·B)ᵀ·x; dB = s·dyᵀ·(x·Aᵀ)."""
+    acc = _acc_dtype(x)
+    k = x.shape[-1]
+    dy = grad.reshape(-1, grad.shape[-1]).to(acc)
+    xf = x.reshape(-1, k).to(acc)
+    if bwd_values is not None:
+        w_bwd = decompress_2to4(bwd_values, bwd_meta).to(acc).t()
+    else:
+        w_bwd = decompress_2to4(values, meta).to(acc)
+    dx = dy @ w_bwd
+    d_a = d_b = None
+    if lora_a is not None:
+        dy_b = dy @ lora_b.to(acc)
+        dx = dx + scale * dy_b @ lora_a.to(acc)
+        d_a = (scale * dy_b.t() @ xf).to(lora_a.dtype)
+        d_b = (scale * dy.t() @ (xf @ lora_a.to(acc).t())).to(lora_b.dtype)
+    d_values = gather_2to4(dy.t() @ xf, meta).to(values.dtype)
+    return dx.to(x.dtype).reshape(x.shape), d_values, dy.sum(0).to(x.dtype), d_a, d_b

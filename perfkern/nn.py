@@ -1,0 +1,330 @@
+"""The drop-in layer (DESIGN §4): ``SparseLoRALinear`` and ``sparsify``.
+
+A 2:4 sparse weight stored in the canonical compressed format (plain tensors: DDP, FSDP and ``state_dict``
+see ordinary parameters and buffers), a bias, and a low-rank adapter that can stay off (costing nothing) until
+``enable_adapter()``, SLoPe's lazy schedule. With ``backward="double"`` the input gradient uses SLoPe's
+double-pruned copy of the weight.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from perfkern import _dispatch, sparsity
+from perfkern.functional import sparse24_linear
+from perfkern.reference import sparse24 as _ref
+
+__all__ = ["SparseLoRALinear", "sparsify", "SkippedLayer"]
+
+_PATTERNS = ("row", "transposable")
+_BACKWARDS = ("double", "exact")
+
+
+def _choose(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+    return value
+
+
+class SparseLoRALinear(nn.Module):
+    """``y = x·Wsᵀ + b + s·(x·Aᵀ)·Bᵀ`` with Ws 2:4 sparse along ``in_features`` (SLoPe).
+
+    Args:
+        in_features, out_features: as ``nn.Linear``; ``in_features`` a multiple of 16.
+        rank: adapter rank r (0 or ``adapter=None``: no adapter).
+        alpha: adapter scaling numerator, s = alpha / r (default alpha = r, so s = 1).
+        adapter: ``"lora"`` or None.
+        pattern: ``"row"`` (2:4 along K) or ``"transposable"`` (every 4x4 tile 2:4 both ways).
+        backward: ``"double"`` (dx with SLoPe's double-pruned copy, 2:4 along N) or ``"exact"`` (dx with Ws;
+            with ``pattern="transposable"`` Wsᵀ is itself 2:4 and the sparse kernel computes it exactly).
+        lazy: start with the adapter off; ``enable_adapter()`` switches it on.
+        train_sparse: whether the sparse values train (their gradient holds only the kept entries).
+        refresh_every: with ``backward="double"``, how many weight updates between re-choosing the backward
+            copy's mask; its values follow the weight at every update.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        rank: int = 16,
+        alpha: float | None = None,
+        adapter: str | None = "lora",
+        pattern: str = "row",
+        backward: str = "double",
+        lazy: bool = True,
+        train_sparse: bool = True,
+        refresh_every: int = 100,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if in_features % 16 != 0:
+            raise ValueError(f"in_features must be a multiple of 16 for 2:4 metadata, got {in_features}")
+        if adapter not in (None, "lora"):
+            raise ValueError(f"adapter must be 'lora' or None, got {adapter!r}")
+        self.pattern = _choose("pattern", pattern, _PATTERNS)
+        self.backward = _choose("backward", backward, _BACKWARDS)
+        if self.pattern == "transposable" and out_features % 16 != 0:
+            raise ValueError(f"pattern='transposable' needs out_features % 16 == 0, got {out_features}")
+        if self.backward == "double" and out_features % 16 != 0:
+            raise ValueError(
+                f"backward='double' needs out_features % 16 == 0 (the copy is 2:4 along N), got {out_features}; "
+                "use backward='exact'"
+            )
+        if refresh_every < 1:
+            raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
+        self.in_features, self.out_features = in_features, out_features
+        self.rank = rank if adapter is not None else 0
+        self.adapter = adapter if self.rank > 0 else None
+        self.alpha = float(alpha) if alpha is not None else float(max(self.rank, 1))
+        self.refresh_every = refresh_every
+        factory = {"device": device, "dtype": dtype}
+
+        self.values = nn.Parameter(torch.empty(out_features, in_features // 2, **factory), requires_grad=train_sparse)
+        self.register_buffer("meta", torch.zeros(out_features, in_features // 16, dtype=torch.int16, device=device))
+        self.bias = nn.Parameter(torch.zeros(out_features, **factory)) if bias else None
+        if self.adapter is not None:
+            self.lora_a = nn.Parameter(torch.empty(self.rank, in_features, **factory))
+            self.lora_b = nn.Parameter(torch.zeros(out_features, self.rank, **factory))
+            nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+        else:
+            self.register_parameter("lora_a", None)
+            self.register_parameter("lora_b", None)
+        self.register_buffer("adapter_enabled", torch.tensor(not lazy and self.adapter is not None, device=device))
+        # The backward copy: its mask is state (saved); its values are derived from the weight (not saved).
+        has_copy = self._needs_copy()
+        self.register_buffer(
+            "bwd_meta",
+            torch.zeros(in_features, out_features // 16, dtype=torch.int16, device=device) if has_copy else None,
+        )
+        self.register_buffer(
+            "bwd_values", torch.empty(in_features, out_features // 2, **factory) if has_copy else None, persistent=False
+        )
+        self.register_buffer("updates", torch.zeros((), dtype=torch.int64, device=device))
+        self._copy_version: tuple[int, int] | None = None
+        weight = torch.empty(out_features, in_features, **factory)
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+        self.set_weight(weight)
+
+    def _needs_copy(self) -> bool:
+        return self.backward == "double" or self.pattern == "transposable"
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank if self.rank else 0.0
+
+    # Building and exporting.
+
+    @torch.no_grad()
+    def set_weight(self, weight: torch.Tensor, scores: torch.Tensor | None = None) -> None:
+        """Prune ``weight`` [out, in] to 2:4 with ``scores`` (default |weight|) in this layer's pattern, and load it."""
+        weight = weight.to(device=self.values.device, dtype=self.values.dtype)
+        scores = weight if scores is None else scores.to(weight.device)
+        if scores.dtype == torch.float64:
+            scores = scores.float()
+        if self.pattern == "transposable":
+            mask = _ref.transposable_mask_2to4(scores)
+        else:
+            mask = sparsity.mask_2to4(scores)
+        pruned = torch.where(mask, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
+        values, meta = sparsity.compress_2to4(pruned)
+        self.values.copy_(values)
+        self.meta.copy_(meta)
+        self._refresh_copy(choose_mask=True)
+
+    @classmethod
+    def from_weight(
+        cls,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        rank: int = 16,
+        alpha: float | None = None,
+        adapter: str | None = "lora",
+        mask: str | torch.Tensor = "magnitude",
+        **kwargs,
+    ) -> SparseLoRALinear:
+        """A layer whose weight is ``weight`` [out, in] pruned to 2:4 by ``mask`` (``"magnitude"``, or a score
+        tensor [out, in] such as Wanda's), with ``bias`` and a fresh adapter (B = 0, so the output equals the
+        pruned layer's until the adapter trains)."""
+        if isinstance(mask, str):
+            if mask != "magnitude":
+                raise ValueError(f"mask must be 'magnitude' or a score tensor, got {mask!r}")
+            scores = None
+        else:
+            if tuple(mask.shape) != tuple(weight.shape):
+                raise ValueError(f"mask scores must be [out, in] = {list(weight.shape)}, got {list(mask.shape)}")
+            scores = mask
+        out_features, in_features = weight.shape
+        layer = cls(
+            in_features,
+            out_features,
+            bias=bias is not None,
+            rank=rank,
+            alpha=alpha,
+            adapter=adapter,
+            device=weight.device,
+            dtype=weight.dtype,
+            **kwargs,
+        )
+        layer.set_weight(weight.detach(), scores)
+        if bias is not None:
+            with torch.no_grad():
+                layer.bias.copy_(bias)
+        return layer
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, rank: int = 16, **kwargs) -> SparseLoRALinear:
+        """A sparse copy of ``linear`` (see ``from_weight`` for the keyword arguments)."""
+        return cls.from_weight(linear.weight, linear.bias, rank=rank, **kwargs)
+
+    @torch.no_grad()
+    def merged_weight(self) -> torch.Tensor:
+        """Dense [out, in] weight equal to this layer: Ws, plus s·B·A when the adapter is on (fp32 sum)."""
+        w = sparsity.decompress_2to4(self.values, self.meta).float()
+        if self.adapter_active:
+            w = w + self.scale * (self.lora_b.float() @ self.lora_a.float())
+        return w.to(self.values.dtype)
+
+    def to_linear(self) -> nn.Linear:
+        """A dense ``nn.Linear`` computing the same function (adapter merged)."""
+        linear = nn.Linear(
+            self.in_features,
+            self.out_features,
+            bias=self.bias is not None,
+            device=self.values.device,
+            dtype=self.values.dtype,
+        )
+        with torch.no_grad():
+            linear.weight.copy_(self.merged_weight())
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
+
+    # The lazy adapter.
+
+    @property
+    def adapter_active(self) -> bool:
+        return self.adapter is not None and bool(self.adapter_enabled)
+
+    def enable_adapter(self, enabled: bool = True) -> SparseLoRALinear:
+        """Switch the adapter on (SLoPe turns it on for the last part of training). B starts at zero, so the
+        output does not jump at the switch."""
+        if enabled and self.adapter is None:
+            raise RuntimeError("this layer has no adapter (adapter=None or rank=0)")
+        self.adapter_enabled.fill_(enabled)
+        return self
+
+    # The backward copy.
+
+    @torch.no_grad()
+    def _refresh_copy(self, choose_mask: bool) -> None:
+        if not self._needs_copy():
+            return
+        ws_t = sparsity.decompress_2to4(self.values.detach(), self.meta).t().contiguous()  # [K, N]
+        if choose_mask:
+            # transposable: Wsᵀ is 2:4 already (exact); double: prune Wsᵀ 2:4 along N by magnitude.
+            _, bwd_meta = sparsity.compress_2to4(ws_t, strict=self.pattern == "transposable")
+            self.bwd_meta.copy_(bwd_meta)
+        self.bwd_values.copy_(sparsity.gather_2to4(ws_t, self.bwd_meta))
+        self._copy_version = (self.values._version, self.values.data_ptr())
+
+    def _sync_copy(self) -> None:
+        """Keep the backward copy in step with the weight: new values after every update of the weight, a new
+        mask every ``refresh_every`` updates (always the exact transpose for the transposable pattern)."""
+        if self._copy_version == (self.values._version, self.values.data_ptr()):
+            return
+        self.updates += 1
+        self._refresh_copy(choose_mask=int(self.updates) % self.refresh_every == 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        active = self.adapter_active
+        bwd_values = bwd_meta = None
+        if self._needs_copy() and torch.is_grad_enabled():
+            self._sync_copy()
+            bwd_values, bwd_meta = self.bwd_values, self.bwd_meta
+        return sparse24_linear(
+            x,
+            self.values,
+            self.meta,
+            self.bias,
+            self.lora_a if active else None,
+            self.lora_b if active else None,
+            self.scale,
+            bwd_values,
+            bwd_meta,
+        )
+
+    def extra_repr(self) -> str:
+        adapter = "none"
+        if self.adapter is not None:
+            state = "on" if self.adapter_active else "lazy"
+            adapter = f"{self.adapter}(rank={self.rank}, alpha={self.alpha:g}, {state})"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+            f"adapter={adapter}, pattern={self.pattern}, backward={self.backward}, "
+            f"sparse_trainable={self.values.requires_grad}, backend={_dispatch.requested_backend()}"
+        )
+
+
+@dataclass(frozen=True)
+class SkippedLayer:
+    """A layer ``sparsify`` left dense, and why."""
+
+    name: str
+    reason: str
+
+
+def _dense_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(weight [out, in], bias) of an ``nn.Linear`` or a Hugging Face ``Conv1D`` (weight stored [in, out])."""
+    if isinstance(module, nn.Linear):
+        return module.weight, module.bias
+    if type(module).__name__ == "Conv1D" and hasattr(module, "nf") and module.weight.dim() == 2:
+        return module.weight.t(), module.bias
+    return None
+
+
+def sparsify(
+    model: nn.Module,
+    rank: int = 16,
+    include: list[str] | tuple[str, ...] | None = None,
+    exclude: list[str] | tuple[str, ...] = ("lm_head", "*.lm_head"),
+    **kwargs,
+) -> list[SkippedLayer]:
+    """Replace, in place, every ``nn.Linear`` (and Hugging Face ``Conv1D``) of ``model`` whose qualified name
+    matches ``include`` (fnmatch patterns; default all) and no ``exclude`` pattern by a ``SparseLoRALinear``
+    (``from_linear(layer, rank, **kwargs)``). Layers whose shape the kernels cannot take stay dense.
+
+    Returns the layers left dense with the reason for each (excluded ones are not listed)."""
+    skipped: list[SkippedLayer] = []
+    targets = []
+    for name, module in model.named_modules():
+        found = _dense_weight(module)
+        if found is None or not name:
+            continue
+        if include is not None and not any(fnmatch.fnmatch(name, p) for p in include):
+            continue
+        if any(fnmatch.fnmatch(name, p) for p in exclude):
+            continue
+        weight, _ = found
+        out_features, in_features = weight.shape
+        if in_features % 16 != 0:
+            skipped.append(SkippedLayer(name, f"in_features={in_features} is not a multiple of 16"))
+            continue
+        needs_n16 = kwargs.get("backward", "double") == "double" or kwargs.get("pattern") == "transposable"
+        if needs_n16 and out_features % 16 != 0:
+            skipped.append(SkippedLayer(name, f"out_features={out_features} is not a multiple of 16"))
+            continue
+        targets.append((name, weight, found[1]))
+    for name, weight, bias in targets:
+        layer = SparseLoRALinear.from_weight(weight, bias, rank=rank, **kwargs)
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, layer)
+    return skipped

@@ -1,0 +1,362 @@
+"""The 2:4 sparse linear layer with a low-rank adapter (DESIGN §3.3, §4): every backend against the reference,
+forward and every gradient; the module's behaviour; bad input."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tolerances import assert_within_torch_error
+from torch import nn
+
+import perfkern
+from perfkern import sparsity
+from perfkern.reference import sparse24 as ref
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# (leading shape of x, N, K, r); r = 0 means no adapter.
+SHAPES = [
+    pytest.param((1,), 16, 16, 1, id="M1-N16-K16-r1"),
+    pytest.param((5,), 33, 48, 3, id="M5-N33-K48-r3"),
+    pytest.param((2, 7), 48, 64, 5, id="M2x7-N48-K64-r5"),
+    pytest.param((17,), 64, 128, 16, id="M17-N64-K128-r16"),
+    pytest.param((3, 11), 40, 96, 0, id="M3x11-N40-K96-nolora"),
+]
+DOUBLE_SHAPES = [
+    pytest.param((1,), 16, 16, 1, id="M1-N16-K16-r1"),
+    pytest.param((2, 7), 48, 64, 5, id="M2x7-N48-K64-r5"),
+    pytest.param((17,), 64, 128, 0, id="M17-N64-K128-nolora"),
+]
+
+
+def _problem(lead, n, k, r, dtype, device, double=False):
+    """Inputs of one call, scaled so outputs are O(1) in every dtype."""
+    w = torch.randn(n, k, device=device) / k**0.5
+    values, meta = ref.compress_2to4(torch.where(ref.mask_2to4(w), w, 0.0).to(dtype))
+    args = {
+        "x": torch.randn(*lead, k, device=device).to(dtype),
+        "values": values,
+        "meta": meta,
+        "bias": torch.randn(n, device=device).to(dtype),
+        "lora_a": torch.randn(r, k, device=device).to(dtype) / k**0.5 if r else None,
+        "lora_b": torch.randn(n, r, device=device).to(dtype) if r else None,
+        "scale": 0.5,
+    }
+    if double:
+        _, bwd_mask = ref.double_mask_2to4(w)
+        bwd_values, bwd_meta = ref.compress_2to4(torch.where(bwd_mask, w, 0.0).t().contiguous().to(dtype))
+        args.update(bwd_values=bwd_values, bwd_meta=bwd_meta)
+    return args
+
+
+def _ref_grads(args, grad):
+    return ref.sparse24_linear_backward(
+        grad,
+        args["x"],
+        args["values"],
+        args["meta"],
+        args["lora_a"],
+        args["lora_b"],
+        args["scale"],
+        args.get("bwd_values"),
+        args.get("bwd_meta"),
+    )
+
+
+def _torch_native(args, grad):
+    """The same forward and gradients in plain PyTorch at the inputs' precision: the error yardstick."""
+    x, bias, a, b, s = args["x"], args["bias"], args["lora_a"], args["lora_b"], args["scale"]
+    w = ref.decompress_2to4(args["values"], args["meta"])
+    x2, dy = x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1])
+    y = F.linear(x2, w, bias)
+    w_bwd = w if args.get("bwd_values") is None else ref.decompress_2to4(args["bwd_values"], args["bwd_meta"]).t()
+    dx = dy @ w_bwd
+    d_a = d_b = None
+    if a is not None:
+        y = y + s * F.linear(F.linear(x2, a), b)
+        dx = dx + s * (dy @ b) @ a
+        d_a, d_b = s * (dy @ b).t() @ x2, s * dy.t() @ (x2 @ a.t())
+    d_values = ref.gather_2to4(dy.t() @ x2, args["meta"])
+    return y.view(grad.shape), (dx.view(x.shape), d_values, dy.sum(0), d_a, d_b)
+
+
+def _check_against_reference(args, dtype):
+    trainable = ["x", "values", "bias", "lora_a", "lora_b"]
+    leaves = {name: args[name].clone().requires_grad_(True) for name in trainable if args[name] is not None}
+    y = perfkern.sparse24_linear(**{**args, **leaves})
+    ref_args = {name: args[name] for name in ("x", "values", "meta", "bias", "lora_a", "lora_b", "scale")}
+    grad = torch.randn_like(y)
+    native_y, native_grads = _torch_native(args, grad)
+    truth_args = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in args.items()}
+    assert_within_torch_error(y, ref.sparse24_linear(**{k: truth_args[k] for k in ref_args}), native_y, "y")
+    y.backward(grad)
+    truths = _ref_grads(truth_args, grad.float())
+    for name, truth, native in zip(trainable, truths, native_grads, strict=True):
+        if name in leaves:
+            assert_within_torch_error(leaves[name].grad, truth, native, f"d{name}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("lead,n,k,r", SHAPES)
+def test_forward_and_gradients_match_reference(backend, device, lead, n, k, r, dtype):
+    _check_against_reference(_problem(lead, n, k, r, dtype, device), dtype)
+    assert perfkern.last_backend("sparse24_weight_grad") == backend
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("lead,n,k,r", DOUBLE_SHAPES)
+def test_double_pruned_backward_matches_reference(backend, device, lead, n, k, r, dtype):
+    _check_against_reference(_problem(lead, n, k, r, dtype, device, double=True), dtype)
+    assert perfkern.last_backend("sparse24_mm") == backend
+
+
+def test_reference_backward_is_the_gradient_of_the_forward():
+    """Without a backward copy the reference backward is the exact gradient: compare it with autograd of the
+    reference forward in float64, and that with finite differences."""
+    args = _problem((3,), 16, 32, 2, torch.float64, "cpu")
+    names = ["x", "values", "bias", "lora_a", "lora_b"]
+    leaves = [args[name].clone().requires_grad_(True) for name in names]
+
+    def forward(x, values, bias, lora_a, lora_b):
+        return ref.sparse24_linear(x, values, args["meta"], bias, lora_a, lora_b, args["scale"])
+
+    assert torch.autograd.gradcheck(forward, leaves)
+    y = forward(*leaves)
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    for name, leaf, expected in zip(names, leaves, _ref_grads(args, grad), strict=True):
+        torch.testing.assert_close(leaf.grad, expected, msg=name)
+
+
+def test_double_pruned_dx_uses_the_backward_copy():
+    args = _problem((4,), 32, 64, 0, torch.float32, "cpu", double=True)
+    grad = torch.randn(4, 32)
+    dx = _ref_grads(args, grad)[0]
+    w_bwd = ref.decompress_2to4(args["bwd_values"], args["bwd_meta"]).t()
+    torch.testing.assert_close(dx, grad @ w_bwd)
+    w = ref.decompress_2to4(args["values"], args["meta"])
+    assert not torch.allclose(dx, grad @ w), "the double-pruned copy drops entries, so dx must differ"
+
+
+def _op_args(name, device):
+    args = _problem((8,), 32, 64, 4, torch.float16, device, double=True)
+    x2, values, meta = args["x"], args["values"], args["meta"]
+    lora_t = x2 @ args["lora_a"].t()
+    grad = torch.randn(8, 32, device=device, dtype=torch.float16)
+    return {
+        "sparse24_mm": (x2, values, meta, args["bias"], lora_t, args["lora_b"], 0.5),
+        "sparse24_weight_grad": (grad, x2, meta),
+        "sparse24_linear": tuple(
+            args[k].clone().requires_grad_(True) if k in ("x", "values", "lora_a") else args[k]
+            for k in ("x", "values", "meta", "bias", "lora_a", "lora_b", "scale", "bwd_values", "bwd_meta")
+        ),
+    }[name]
+
+
+@pytest.mark.parametrize("name", ["sparse24_mm", "sparse24_weight_grad", "sparse24_linear"])
+def test_opcheck(device, name):
+    torch.library.opcheck(getattr(torch.ops.perfkern, name).default, _op_args(name, device))
+
+
+def test_compiles_without_graph_breaks(device):
+    layer = perfkern.SparseLoRALinear(64, 32, rank=4, lazy=False, device=device)
+    x = torch.randn(5, 64, device=device)
+    compiled = torch.compile(
+        lambda x: perfkern.sparse24_linear(x, layer.values, layer.meta, layer.bias, layer.lora_a, layer.lora_b, 2.0),
+        fullgraph=True,
+        backend="aot_eager",
+    )
+    expected = perfkern.sparse24_linear(x, layer.values, layer.meta, layer.bias, layer.lora_a, layer.lora_b, 2.0)
+    torch.testing.assert_close(compiled(x), expected)
+
+
+def _bad_calls():
+    args = _problem((4,), 32, 64, 4, torch.float32, "cpu", double=True)
+
+    def call(**changes):
+        return lambda: perfkern.sparse24_linear(**{**args, **changes})
+
+    return [
+        pytest.param(call(x=torch.randn(4, 60)), r"multiple of 16 .*got 60", id="K%16"),
+        pytest.param(call(x=torch.randn(4, 48)), r"values must be \[N, K/2\] = \[32, 24\], got \[32, 32\]", id="K"),
+        pytest.param(call(meta=args["meta"][:, :2]), r"meta must be \[N, K/16\] = \[32, 4\], got \[32, 2\]", id="meta"),
+        pytest.param(call(meta=args["meta"].int()), r"meta must be int16", id="meta-dtype"),
+        pytest.param(call(values=args["values"].half()), r"values must have x's dtype", id="dtype"),
+        pytest.param(call(bias=torch.randn(31)), r"bias must be \[N\] = \[32\], got \[31\]", id="bias"),
+        pytest.param(call(lora_a=torch.randn(4, 63)), r"lora_a must be \[r, K\] = \[4, 64\], got \[4, 63\]", id="A"),
+        pytest.param(call(lora_b=torch.randn(32, 3)), r"lora_b must be \[N, r\] = \[32, 4\], got \[32, 3\]", id="B"),
+        pytest.param(call(lora_b=None), r"lora_a and lora_b must be given together", id="A-only"),
+        pytest.param(call(bwd_meta=None), r"bwd_values and bwd_meta must be given together", id="bwd"),
+        pytest.param(
+            call(bwd_values=args["bwd_values"][:, :8]),
+            r"bwd_values must be \[K, N/2\] = \[64, 16\], got \[64, 8\]",
+            id="bwd-shape",
+        ),
+        pytest.param(call(x=torch.randn(4, 64).double()), r"x must be float32, float16 or bfloat16", id="x-dtype"),
+    ]
+
+
+@pytest.mark.parametrize("call,message", _bad_calls())
+def test_bad_input_gets_a_clear_error(call, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        call()
+
+
+# The module.
+
+
+def _linear(k=64, n=32, dtype=torch.float32, device="cpu"):
+    torch.manual_seed(1)
+    return nn.Linear(k, n, device=device, dtype=dtype)
+
+
+def test_drop_in_equality_at_init(device):
+    linear = _linear(device=device)
+    layer = perfkern.SparseLoRALinear.from_linear(linear, rank=8)
+    x = torch.randn(2, 3, 64, device=device)
+    pruned = linear.weight * sparsity.mask_2to4(linear.weight)
+    torch.testing.assert_close(layer(x), F.linear(x, pruned, linear.bias))
+    assert (layer.in_features, layer.out_features) == (64, 32)
+    layer.enable_adapter()  # B starts at zero: switching the adapter on changes nothing
+    torch.testing.assert_close(layer(x), F.linear(x, pruned, linear.bias))
+
+
+def test_lazy_adapter_costs_nothing_until_enabled(device):
+    layer = perfkern.SparseLoRALinear.from_linear(_linear(device=device), rank=4)
+    with torch.no_grad():
+        layer.lora_b.normal_()
+    x = torch.randn(6, 64, device=device)
+    before = layer(x)
+    before.sum().backward()
+    assert layer.lora_a.grad is None and layer.lora_b.grad is None
+    assert "lazy" in repr(layer)
+    layer.enable_adapter()
+    after = layer(x)
+    after.sum().backward()
+    assert layer.lora_a.grad is not None and layer.lora_b.grad is not None
+    expected = before + layer.scale * (x @ layer.lora_a.t()) @ layer.lora_b.t()
+    torch.testing.assert_close(after, expected)
+
+
+def test_merge_and_to_linear(device):
+    layer = perfkern.SparseLoRALinear.from_linear(_linear(device=device), rank=4, alpha=8, lazy=False)
+    with torch.no_grad():
+        layer.lora_b.normal_()
+    x = torch.randn(5, 64, device=device)
+    dense = layer.to_linear()
+    assert isinstance(dense, nn.Linear)
+    torch.testing.assert_close(dense(x), layer(x), atol=1e-5, rtol=1e-5)
+
+
+def test_state_dict_round_trip(device):
+    layer = perfkern.SparseLoRALinear.from_linear(_linear(device=device), rank=4, lazy=False)
+    with torch.no_grad():
+        layer.lora_b.normal_()
+    state = layer.state_dict()
+    assert set(state) == {"values", "meta", "bias", "lora_a", "lora_b", "adapter_enabled", "bwd_meta", "updates"}
+    assert state["values"].shape == (32, 32) and state["meta"].dtype == torch.int16
+    fresh = perfkern.SparseLoRALinear(64, 32, rank=4, device=device)
+    fresh.load_state_dict(state)
+    x = torch.randn(3, 64, device=device)
+    torch.testing.assert_close(fresh(x), layer(x))
+    assert torch.equal(fresh.values, layer.values) and torch.equal(fresh.meta, layer.meta)
+    assert torch.equal(fresh.bwd_meta, layer.bwd_meta) and fresh.adapter_active
+
+
+@pytest.mark.parametrize("pattern,backward", [("row", "double"), ("row", "exact"), ("transposable", "exact")])
+def test_training_step_lowers_the_loss_and_keeps_the_pattern(device, pattern, backward):
+    torch.manual_seed(0)
+    teacher = torch.randn(32, 64, device=device) / 8
+    teacher = teacher * ref.mask_2to4(teacher)  # reachable by a 2:4 layer
+    layer = perfkern.SparseLoRALinear(64, 32, rank=4, pattern=pattern, backward=backward, lazy=False, device=device)
+    meta = layer.meta.clone()
+    opt = torch.optim.SGD(layer.parameters(), lr=0.5)
+    x = torch.randn(256, 64, device=device)
+    target = x @ teacher.t()
+    losses = []
+    for _ in range(30):
+        loss = F.mse_loss(layer(x), target)
+        opt.zero_grad()
+        loss.backward()
+        assert layer.values.grad.shape == layer.values.shape  # compressed gradient: kept entries only
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    assert torch.equal(layer.meta, meta), "the forward mask is static"
+    assert sparsity.is_2to4(sparsity.decompress_2to4(layer.values.detach(), layer.meta))
+
+
+def test_backward_copy_follows_the_weight(device):
+    layer = perfkern.SparseLoRALinear(64, 32, rank=0, adapter=None, refresh_every=3, device=device)
+    opt = torch.optim.SGD(layer.parameters(), lr=1.0)
+    x = torch.randn(16, 64, device=device)
+    metas = [layer.bwd_meta.clone()]
+    for _ in range(6):
+        layer(x).square().sum().backward()
+        opt.step()
+        opt.zero_grad()
+        layer(x)  # a forward after the update refreshes the copy
+        ws_t = ref.decompress_2to4(layer.values.detach(), layer.meta).t().contiguous()
+        torch.testing.assert_close(layer.bwd_values, ref.gather_2to4(ws_t, layer.bwd_meta))
+        metas.append(layer.bwd_meta.clone())
+    assert int(layer.updates) == 6
+    # The mask may change only on the refreshing updates (the 3rd and the 6th).
+    for i in (1, 2, 4, 5):
+        assert torch.equal(metas[i], metas[i - 1])
+    _, expected_meta = ref.compress_2to4(ws_t)
+    assert torch.equal(layer.bwd_meta, expected_meta)
+
+
+def test_transposable_backward_is_exact(device):
+    layer = perfkern.SparseLoRALinear(64, 32, rank=0, adapter=None, pattern="transposable", backward="exact")
+    layer = layer.to(device)
+    x = torch.randn(7, 64, device=device, requires_grad=True)
+    layer(x).backward(grad := torch.randn(7, 32, device=device))
+    w = ref.decompress_2to4(layer.values.detach(), layer.meta)
+    torch.testing.assert_close(x.grad, grad @ w)
+
+
+def test_module_rejects_bad_configuration():
+    with pytest.raises(ValueError, match="in_features must be a multiple of 16 .*got 60"):
+        perfkern.SparseLoRALinear(60, 32)
+    with pytest.raises(ValueError, match="backward='double' needs out_features % 16 == 0"):
+        perfkern.SparseLoRALinear(64, 30)
+    with pytest.raises(ValueError, match="pattern must be one of"):
+        perfkern.SparseLoRALinear(64, 32, pattern="diagonal")
+    with pytest.raises(ValueError, match=r"mask scores must be \[out, in\]"):
+        perfkern.SparseLoRALinear.from_linear(_linear(), mask=torch.ones(3, 3))
+    with pytest.raises(RuntimeError, match="no adapter"):
+        perfkern.SparseLoRALinear(64, 32, adapter=None).enable_adapter()
+
+
+def test_score_driven_mask():
+    linear = _linear()
+    scores = torch.rand(32, 64)
+    layer = perfkern.SparseLoRALinear.from_linear(linear, mask=scores)
+    kept = ref.decompress_2to4(layer.values.detach(), layer.meta) != 0
+    assert torch.equal(kept, sparsity.mask_2to4(scores) & (linear.weight != 0))
+
+
+class _Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up = nn.Linear(64, 128)
+        self.down = nn.Linear(128, 64, bias=False)
+        self.odd = nn.Linear(20, 64)
+        self.narrow = nn.Linear(64, 24)
+        self.lm_head = nn.Linear(64, 100)
+
+
+def test_sparsify_converts_and_reports():
+    model = _Block()
+    x = torch.randn(2, 64)
+    skipped = perfkern.sparsify(model, rank=4)
+    assert isinstance(model.up, perfkern.SparseLoRALinear) and isinstance(model.down, perfkern.SparseLoRALinear)
+    assert model.down.bias is None
+    assert isinstance(model.lm_head, nn.Linear) and not isinstance(model.lm_head, perfkern.SparseLoRALinear)
+    assert {s.name: s.reason for s in skipped} == {
+        "odd": "in_features=20 is not a multiple of 16",
+        "narrow": "out_features=24 is not a multiple of 16",
+    }
+    assert model.down(model.up(x)).shape == (2, 64)
+    model = _Block()
+    perfkern.sparsify(model, include=["up"], backward="exact")
+    assert isinstance(model.up, perfkern.SparseLoRALinear) and isinstance(model.down, nn.Linear)
