@@ -14,7 +14,9 @@ def record(benchmark):
     """Time ``fn`` and ``baseline_fn`` side by side, store both and their ratio in ``extra_info``, then hand ``fn``
     to pytest-benchmark."""
 
-    def run(op: str, shape: str, provider: str, fn, baseline: str, baseline_fn, bytes_moved: int | None = None):
+    def run(op: str, shape: str, provider: str, fn, baseline: str, baseline_fn, bytes_moved: int | None = None,
+            others: dict | None = None):  # fmt: skip
+        """``others``: more baselines {name: fn}, each timed here too; their speedups go to extra_info["others"]."""
         ms = measure_ms(fn)
         baseline_ms = measure_ms(baseline_fn)
         benchmark.extra_info.update(
@@ -23,6 +25,9 @@ def record(benchmark):
         )  # fmt: skip
         if bytes_moved is not None:
             benchmark.extra_info["gbps"] = bytes_moved / ms / 1e6
+        if others:
+            timed = {name: measure_ms(other) for name, other in others.items()}
+            benchmark.extra_info["others"] = {name: {"ms": t, "speedup": t / ms} for name, t in timed.items()}
         rounds = 20 if torch.cuda.is_available() else 3
         benchmark.pedantic(synced(fn), rounds=rounds, iterations=1, warmup_rounds=1)
 

@@ -14,3 +14,14 @@ def weight_shapes() -> list[tuple[int, int]]:
 
 def shape_id(shape: tuple[int, ...]) -> str:
     return "x".join(str(s) for s in shape)
+
+
+# Tokens per call: decode, small batch, prefill/training.
+LLAMA_TOKENS = [1, 16, 128, 2048, 8192]
+
+
+def linear_shapes() -> list[tuple[int, int, int]]:
+    """(M, N, K) of a linear layer call: M tokens, weight [N, K]."""
+    if torch.cuda.is_available():
+        return [(m, n, k) for (n, k) in LLAMA_WEIGHTS for m in LLAMA_TOKENS]
+    return [(1, 1024, 1024), (128, 1024, 1024)]

@@ -17,7 +17,6 @@ from torch import nn
 
 from perfkern import _dispatch, sparsity
 from perfkern.functional import sparse24_linear
-from perfkern.reference import sparse24 as _ref
 
 __all__ = ["SparseLoRALinear", "sparsify", "SkippedLayer"]
 
@@ -129,10 +128,7 @@ class SparseLoRALinear(nn.Module):
         scores = weight if scores is None else scores.to(weight.device)
         if scores.dtype == torch.float64:
             scores = scores.float()
-        if self.pattern == "transposable":
-            mask = _ref.transposable_mask_2to4(scores)
-        else:
-            mask = sparsity.mask_2to4(scores)
+        mask = sparsity.mask_2to4(scores, pattern=self.pattern)
         pruned = torch.where(mask, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
         values, meta = sparsity.compress_2to4(pruned)
         self.values.copy_(values)

@@ -304,3 +304,30 @@ def test_matches_torch_semi_structured_on_gpu(dtype):
 def test_cuda_backend_runs_on_gpu():
     reason = perfkern._dispatch.unavailable_reason("cuda", torch.device("cuda"))
     assert reason is None, reason
+
+
+def test_transposable_mask_is_exact_and_2to4_both_ways():
+    scores = torch.randn(16, 32)
+    mask = sparsity.mask_2to4(scores, pattern="transposable")
+    assert mask.view(16, 8, 4).sum(-1).eq(2).all() and mask.t().reshape(32, 4, 4).sum(-1).eq(2).all()
+    # Exactness: no single valid 4x4 pattern keeps more magnitude in any tile than the chosen one.
+    patterns = ref._transposable_patterns("cpu").t().view(-1, 4, 4)
+    tiles = scores.abs().view(4, 4, 8, 4).permute(0, 2, 1, 3)
+    chosen = mask.view(4, 4, 8, 4).permute(0, 2, 1, 3)
+    best = (tiles.unsqueeze(2) * patterns).sum((-1, -2)).amax(-1)
+    torch.testing.assert_close((tiles * chosen).sum((-1, -2)), best)
+    assert len(patterns) == 90
+
+
+def test_double_mask(backend, device):
+    scores = torch.randn(32, 64, device=device)
+    mask, bwd_mask = sparsity.double_mask_2to4(scores)
+    assert torch.equal(mask, ref.mask_2to4(scores))
+    assert not (bwd_mask & ~mask).any()
+    assert bwd_mask.t().reshape(64, 8, 4).sum(-1).le(2).all()
+    expected = ref.double_mask_2to4(scores)[1]
+    assert torch.equal(bwd_mask, expected)
+    with pytest.raises(ValueError, match="pattern must be"):
+        sparsity.mask_2to4(scores, pattern="column")
+    with pytest.raises(ValueError, match="multiple of 16"):
+        sparsity.double_mask_2to4(scores[:20])

@@ -69,13 +69,10 @@ def decompress_2to4(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
     n, half = values.shape
     idx0, idx1 = _unpack(meta)
     v = values.view(n, half // 2, 2)
-    pos = torch.arange(4, device=values.device)
-    zero = torch.zeros((), dtype=values.dtype, device=values.device)
-    dense = torch.where(
-        pos == idx1.unsqueeze(-1),
-        v[..., 1:],
-        torch.where(pos == idx0.unsqueeze(-1), v[..., :1], zero),
-    )
+    dense = torch.zeros(n, half // 2, 4, dtype=values.dtype, device=values.device)
+    # Two scatters in this order: where both indices name one position, the second value is the one left.
+    dense.scatter_(-1, idx0.unsqueeze(-1).long(), v[..., :1])
+    dense.scatter_(-1, idx1.unsqueeze(-1).long(), v[..., 1:])
     return dense.view(n, 2 * half)
 
 

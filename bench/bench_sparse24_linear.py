@@ -1,0 +1,90 @@
+"""2:4 sparse linear + fused low-rank adapter (SLoPe) against dense layers, in the same run.
+
+Baselines: dense ``nn.Linear`` + a separate LoRA (the thing a user replaces), cuBLAS dense without the adapter
+(for the bare GEMM ratio), and on a GPU torch's semi-structured sparse linear (``to_sparse_semi_structured``).
+Training: a double-pruned fwd+bwd step of the layer against the dense layer's.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from shapes import linear_shapes, shape_id
+
+import perfkern
+from perfkern.ops import sparse24 as ops
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float32
+RANK = 16
+PROVIDERS = [
+    b for b in perfkern.available_backends(DEVICE) if ops.MM.has(b) and not (DEVICE == "cpu" and b == "triton")
+]
+
+
+def _layer(n, k, adapter=True):
+    layer = perfkern.SparseLoRALinear(k, n, rank=RANK, lazy=not adapter, device=DEVICE, dtype=DTYPE)
+    with torch.no_grad():
+        layer.lora_b.normal_(std=0.02)
+    return layer
+
+
+def _dense_lora(layer):
+    """The same function as ``layer`` done densely: nn.Linear weights and a separate LoRA."""
+    w = perfkern.sparsity.decompress_2to4(layer.values.detach(), layer.meta)
+    a, b, s = layer.lora_a.detach(), layer.lora_b.detach(), layer.scale
+    return w, lambda x: F.linear(x, w, layer.bias) + s * F.linear(F.linear(x, a), b)
+
+
+def _semi_structured(w, bias):
+    from torch.sparse import to_sparse_semi_structured
+
+    try:
+        sparse = to_sparse_semi_structured(w)
+    except (RuntimeError, ValueError):
+        return None
+    return lambda x: F.linear(x, sparse, bias)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("shape", linear_shapes(), ids=shape_id)
+@torch.no_grad()
+def test_forward(record, shape, provider):
+    m, n, k = shape
+    layer = _layer(n, k)
+    x = torch.randn(m, k, device=DEVICE, dtype=DTYPE)
+    w, dense_lora = _dense_lora(layer)
+    with perfkern.use_backend(provider):
+        torch.testing.assert_close(layer(x).float(), dense_lora(x).float(), atol=5e-2, rtol=5e-2)
+        others = {"cuBLAS dense, no adapter": lambda: F.linear(x, w, layer.bias)}
+        if DEVICE == "cuda" and (semi := _semi_structured(w, layer.bias)) is not None:
+            others["torch semi-structured, no adapter"] = lambda: semi(x)
+        bare = _layer(n, k, adapter=False)
+        bare.load_state_dict({**layer.state_dict(), "adapter_enabled": torch.tensor(False, device=DEVICE)})
+        others["perfkern 2:4 without adapter"] = lambda: bare(x)
+        record("sparse24_linear fwd", shape_id(shape), provider, lambda: layer(x),
+               "dense nn.Linear + LoRA", lambda: dense_lora(x), others=others)  # fmt: skip
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("shape", linear_shapes(), ids=shape_id)
+def test_train_step(record, shape, provider):
+    m, n, k = shape
+    layer = _layer(n, k)
+    w, _ = _dense_lora(layer)
+    dense = torch.nn.Linear(k, n, device=DEVICE, dtype=DTYPE)
+    with torch.no_grad():
+        dense.weight.copy_(w)
+    x = torch.randn(m, k, device=DEVICE, dtype=DTYPE, requires_grad=True)
+    grad = torch.randn(m, n, device=DEVICE, dtype=DTYPE)
+
+    def sparse_step():
+        layer(x).backward(grad)
+
+    def dense_step():
+        dense(x).backward(grad)
+
+    with perfkern.use_backend(provider):
+        sparse_step()
+        assert layer.values.grad.shape == layer.values.shape and x.grad is not None
+        record("sparse24_linear fwd+bwd (double)", shape_id(shape), provider, sparse_step,
+               "dense nn.Linear fwd+bwd", dense_step)  # fmt: skip
