@@ -7,18 +7,21 @@ Backends (DESIGN §1): ``cuda`` (the compiled core, ``perfkern._C``), ``triton``
 
 from perfkern import ops, sparsity
 from perfkern._dispatch import BackendUnavailableError, available_backends, last_backend, use_backend
-from perfkern.functional import sparse24_linear
-from perfkern.nn import SkippedLayer, SparseLoRALinear, sparsify
+from perfkern.functional import pera_adapter, pera_delta_weight, sparse24_linear
+from perfkern.nn import PeraLinear, SkippedLayer, SparseLoRALinear, sparsify
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError",
+    "PeraLinear",
     "SkippedLayer",
     "SparseLoRALinear",
     "available_backends",
     "last_backend",
     "ops",
+    "pera_adapter",
+    "pera_delta_weight",
     "sparse24_linear",
     "sparsify",
     "sparsity",

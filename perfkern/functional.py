@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from perfkern.ops import pera as _pera_ops
 from perfkern.ops import sparse24 as _ops
 from perfkern.ops._common import check_float, check_k16, shape_str
+from perfkern.reference import pera as _pera_ref
 
-__all__ = ["sparse24_linear"]
+__all__ = ["sparse24_linear", "pera_adapter", "pera_delta_weight"]
 
 
 def _expect(name: str, t: torch.Tensor, shape: tuple, dims: str) -> None:
@@ -86,3 +88,53 @@ def sparse24_linear(
         listed = ", ".join(f"{name} on {t.device}" for name, t in tensors.items())
         raise ValueError(f"tensors must be on one device, got {listed}")
     return _ops.sparse24_linear(x, values, meta, bias, lora_a, lora_b, float(scale), bwd_values, bwd_meta)
+
+
+def _check_pera_factors(lora_a: torch.Tensor, lora_b: torch.Tensor, h: torch.Tensor, mode: str) -> None:
+    if mode not in _pera_ref.MODES:
+        raise ValueError(f"mode must be one of {', '.join(map(repr, _pera_ref.MODES))}, got {mode!r}")
+    check_float("lora_a", lora_a)
+    if lora_a.dim() != 2:
+        raise ValueError(f"lora_a must be 2-D [r, K], got shape {shape_str(lora_a.shape)}")
+    r, k = lora_a.shape
+    if lora_b.dim() != 2 or lora_b.shape[1] != r:
+        raise ValueError(f"lora_b must be [N, r] with r = {r}, got {shape_str(lora_b.shape)}")
+    _expect("h", h, (_pera_ref.num_pairs(r, mode),), f"[|P|] for r = {r}, mode {mode!r}")
+    for name, t in (("lora_b", lora_b), ("h", h)):
+        if t.dtype != lora_a.dtype:
+            raise TypeError(f"{name} must have lora_a's dtype {lora_a.dtype}, got {t.dtype}")
+        if t.device != lora_a.device:
+            raise ValueError(f"{name} must be on lora_a's device {lora_a.device}, got {t.device}")
+
+
+def pera_adapter(
+    x: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    h: torch.Tensor,
+    scale: float = 1.0,
+    mode: str = "full",
+) -> torch.Tensor:
+    """The PERA adapter term ``s·(x·Âᵀ)·B̂ᵀ`` (DESIGN §3.4), x [..., K] → [..., N].
+
+    Â = [A ; h_p·(a_i ⊙ a_j)] and B̂ = [B , b_i ⊙ b_j] over the pairs p = (i, j) of ``mode`` in
+    ``torch.triu_indices(r, r)`` order: ``full`` (i ≤ j, |h| = r(r+1)/2), ``square`` (i = j, |h| = r) or
+    ``cross`` (i < j, |h| = r(r-1)/2). A [r, K], B [N, r], h [|h|]. With h = 0 this is exactly LoRA's s·(x·Aᵀ)·Bᵀ.
+    Differentiable in x, A, B and h."""
+    _check_pera_factors(lora_a, lora_b, h, mode)
+    check_float("x", x)
+    if x.dim() < 1 or x.shape[-1] != lora_a.shape[1]:
+        raise ValueError(f"x must be [..., K] with K = {lora_a.shape[1]}, got {shape_str(x.shape)}")
+    if x.dtype != lora_a.dtype:
+        raise TypeError(f"x must have lora_a's dtype {lora_a.dtype}, got {x.dtype}")
+    if x.device != lora_a.device:
+        raise ValueError(f"x must be on lora_a's device {lora_a.device}, got {x.device}")
+    return _pera_ops.pera_adapter(x, lora_a, lora_b, h, float(scale), mode)
+
+
+def pera_delta_weight(
+    lora_a: torch.Tensor, lora_b: torch.Tensor, h: torch.Tensor, scale: float = 1.0, mode: str = "full"
+) -> torch.Tensor:
+    """ΔW = s·B̂·Â [N, K]: the PERA update as a dense weight, for merging (inference then costs nothing)."""
+    _check_pera_factors(lora_a, lora_b, h, mode)
+    return _pera_ops.pera_delta_weight(lora_a, lora_b, h, float(scale), mode)

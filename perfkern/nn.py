@@ -16,9 +16,11 @@ import torch
 from torch import nn
 
 from perfkern import _dispatch, sparsity
-from perfkern.functional import sparse24_linear
+from perfkern.functional import pera_adapter, pera_delta_weight, sparse24_linear
+from perfkern.reference.pera import MODES as PERA_MODES
+from perfkern.reference.pera import num_pairs
 
-__all__ = ["SparseLoRALinear", "sparsify", "SkippedLayer"]
+__all__ = ["SparseLoRALinear", "PeraLinear", "sparsify", "SkippedLayer"]
 
 _PATTERNS = ("row", "transposable")
 _BACKWARDS = ("double", "exact")
@@ -37,7 +39,8 @@ class SparseLoRALinear(nn.Module):
         in_features, out_features: as ``nn.Linear``; ``in_features`` a multiple of 16.
         rank: adapter rank r (0 or ``adapter=None``: no adapter).
         alpha: adapter scaling numerator, s = alpha / r (default alpha = r, so s = 1).
-        adapter: ``"lora"`` or None.
+        adapter: ``"lora"``, ``"pera"`` (polynomial-expanded LoRA, DESIGN §3.4, with a learnable ``lora_h``) or None.
+        pera_mode: with ``adapter="pera"``, which pairs expand the factors: ``"full"``, ``"square"`` or ``"cross"``.
         pattern: ``"row"`` (2:4 along K) or ``"transposable"`` (every 4x4 tile 2:4 both ways).
         backward: ``"double"`` (dx with SLoPe's double-pruned copy, 2:4 along N) or ``"exact"`` (dx with Ws;
             with ``pattern="transposable"`` Wsᵀ is itself 2:4 and the sparse kernel computes it exactly).
@@ -55,6 +58,7 @@ class SparseLoRALinear(nn.Module):
         rank: int = 16,
         alpha: float | None = None,
         adapter: str | None = "lora",
+        pera_mode: str = "full",
         pattern: str = "row",
         backward: str = "double",
         lazy: bool = True,
@@ -66,8 +70,9 @@ class SparseLoRALinear(nn.Module):
         super().__init__()
         if in_features % 16 != 0:
             raise ValueError(f"in_features must be a multiple of 16 for 2:4 metadata, got {in_features}")
-        if adapter not in (None, "lora"):
-            raise ValueError(f"adapter must be 'lora' or None, got {adapter!r}")
+        if adapter not in (None, "lora", "pera"):
+            raise ValueError(f"adapter must be 'lora', 'pera' or None, got {adapter!r}")
+        self.pera_mode = _choose("pera_mode", pera_mode, PERA_MODES)
         self.pattern = _choose("pattern", pattern, _PATTERNS)
         self.backward = _choose("backward", backward, _BACKWARDS)
         if self.pattern == "transposable" and out_features % 16 != 0:
@@ -89,13 +94,7 @@ class SparseLoRALinear(nn.Module):
         self.values = nn.Parameter(torch.empty(out_features, in_features // 2, **factory), requires_grad=train_sparse)
         self.register_buffer("meta", torch.zeros(out_features, in_features // 16, dtype=torch.int16, device=device))
         self.bias = nn.Parameter(torch.zeros(out_features, **factory)) if bias else None
-        if self.adapter is not None:
-            self.lora_a = nn.Parameter(torch.empty(self.rank, in_features, **factory))
-            self.lora_b = nn.Parameter(torch.zeros(out_features, self.rank, **factory))
-            nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
-        else:
-            self.register_parameter("lora_a", None)
-            self.register_parameter("lora_b", None)
+        _init_adapter(self, self.adapter, self.rank, in_features, out_features, self.pera_mode, factory)
         self.register_buffer("adapter_enabled", torch.tensor(not lazy and self.adapter is not None, device=device))
         # The backward copy: its mask is state (saved); its values are derived from the weight (not saved).
         has_copy = self._needs_copy()
@@ -182,10 +181,10 @@ class SparseLoRALinear(nn.Module):
 
     @torch.no_grad()
     def merged_weight(self) -> torch.Tensor:
-        """Dense [out, in] weight equal to this layer: Ws, plus s·B·A when the adapter is on (fp32 sum)."""
+        """Dense [out, in] weight equal to this layer: Ws, plus the adapter's ΔW when it is on (fp32 sum)."""
         w = sparsity.decompress_2to4(self.values, self.meta).float()
         if self.adapter_active:
-            w = w + self.scale * (self.lora_b.float() @ self.lora_a.float())
+            w = w + _delta_weight(self).float()
         return w.to(self.values.dtype)
 
     def to_linear(self) -> nn.Linear:
@@ -240,33 +239,125 @@ class SparseLoRALinear(nn.Module):
         self._refresh_copy(choose_mask=int(self.updates) % self.refresh_every == 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        active = self.adapter_active
+        lora = self.adapter_active and self.adapter == "lora"
         bwd_values = bwd_meta = None
         if self._needs_copy() and torch.is_grad_enabled():
             self._sync_copy()
             bwd_values, bwd_meta = self.bwd_values, self.bwd_meta
-        return sparse24_linear(
+        y = sparse24_linear(
             x,
             self.values,
             self.meta,
             self.bias,
-            self.lora_a if active else None,
-            self.lora_b if active else None,
+            self.lora_a if lora else None,
+            self.lora_b if lora else None,
             self.scale,
             bwd_values,
             bwd_meta,
         )
+        if self.adapter_active and self.adapter == "pera":
+            y = y + pera_adapter(x, self.lora_a, self.lora_b, self.lora_h, self.scale, self.pera_mode)
+        return y
 
     def extra_repr(self) -> str:
-        adapter = "none"
-        if self.adapter is not None:
-            state = "on" if self.adapter_active else "lazy"
-            adapter = f"{self.adapter}(rank={self.rank}, alpha={self.alpha:g}, {state})"
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-            f"adapter={adapter}, pattern={self.pattern}, backward={self.backward}, "
+            f"adapter={_adapter_repr(self)}, pattern={self.pattern}, backward={self.backward}, "
             f"sparse_trainable={self.values.requires_grad}, backend={_dispatch.requested_backend()}"
         )
+
+
+def _init_adapter(module: nn.Module, adapter, rank, in_features, out_features, pera_mode, factory) -> None:
+    """LoRA/PERA factors as PEFT shapes and initialises them: A [r, in] Kaiming-uniform, B [out, r] zero, h zero."""
+    if adapter is None:
+        module.register_parameter("lora_a", None)
+        module.register_parameter("lora_b", None)
+        module.register_parameter("lora_h", None)
+        return
+    module.lora_a = nn.Parameter(torch.empty(rank, in_features, **factory))
+    module.lora_b = nn.Parameter(torch.zeros(out_features, rank, **factory))
+    nn.init.kaiming_uniform_(module.lora_a, a=math.sqrt(5))
+    if adapter == "pera":
+        module.lora_h = nn.Parameter(torch.zeros(num_pairs(rank, pera_mode), **factory))
+    else:
+        module.register_parameter("lora_h", None)
+
+
+def _delta_weight(module: nn.Module) -> torch.Tensor:
+    """The adapter's ΔW [out, in]: s·B·A for LoRA, s·B̂·Â for PERA."""
+    if module.adapter == "pera":
+        return pera_delta_weight(module.lora_a, module.lora_b, module.lora_h, module.scale, module.pera_mode)
+    return module.scale * (module.lora_b.float() @ module.lora_a.float())
+
+
+def _adapter_repr(module: nn.Module) -> str:
+    if module.adapter is None:
+        return "none"
+    state = "on" if module.adapter_active else "lazy"
+    mode = f", mode={module.pera_mode}" if module.adapter == "pera" else ""
+    return f"{module.adapter}(rank={module.rank}, alpha={module.alpha:g}{mode}, {state})"
+
+
+class PeraLinear(nn.Module):
+    """A dense ``nn.Linear`` base plus a PERA adapter: ``y = base(x) + s·(x·Âᵀ)·B̂ᵀ`` (DESIGN §3.4).
+
+    The base is frozen (its parameters stop requiring grad); the adapter is lazy like ``SparseLoRALinear``'s
+    when ``lazy=True``. ``to_linear()`` merges ΔW = s·B̂·Â into a plain ``nn.Linear``."""
+
+    adapter = "pera"
+
+    def __init__(
+        self, base: nn.Linear, rank: int = 16, alpha: float | None = None, mode: str = "full", lazy: bool = False
+    ) -> None:
+        super().__init__()
+        if rank < 1:
+            raise ValueError(f"rank must be >= 1, got {rank}")
+        self.base = base.requires_grad_(False)
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.rank, self.alpha = rank, float(alpha) if alpha is not None else float(rank)
+        self.pera_mode = _choose("mode", mode, PERA_MODES)
+        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
+        _init_adapter(self, "pera", rank, self.in_features, self.out_features, self.pera_mode, factory)
+        self.register_buffer("adapter_enabled", torch.tensor(not lazy, device=base.weight.device))
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    @property
+    def adapter_active(self) -> bool:
+        return bool(self.adapter_enabled)
+
+    def enable_adapter(self, enabled: bool = True) -> PeraLinear:
+        self.adapter_enabled.fill_(enabled)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        if self.adapter_active:
+            y = y + pera_adapter(x, self.lora_a, self.lora_b, self.lora_h, self.scale, self.pera_mode)
+        return y
+
+    @torch.no_grad()
+    def to_linear(self) -> nn.Linear:
+        """A plain ``nn.Linear`` with ΔW merged into the weight."""
+        merged = nn.Linear(
+            self.in_features, self.out_features, bias=self.base.bias is not None, **_factory(self.base.weight)
+        )
+        weight = self.base.weight.float()
+        if self.adapter_active:
+            weight = weight + _delta_weight(self).float()
+        merged.weight.copy_(weight)
+        if self.base.bias is not None:
+            merged.bias.copy_(self.base.bias)
+        return merged
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, adapter={_adapter_repr(self)}"
+
+
+def _factory(t: torch.Tensor) -> dict:
+    return {"device": t.device, "dtype": t.dtype}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Glue to other libraries (imported on demand, so perfkern does not require them)."""

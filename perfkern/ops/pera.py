@@ -1,0 +1,121 @@
+"""PERA ops ``perfkern::pera_*`` (DESIGN §3.4): schemas, fake kernels, autograd, per-backend implementations.
+
+The adapter's backward is an op of its own, so a backend can produce dx, dA, dB and dh together from the
+factors it generates on chip (dh is a reduction over K).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from perfkern import _dispatch
+from perfkern.ops._common import empty
+from perfkern.reference import pera as ref
+
+
+def _ref_adapter(x, lora_a, lora_b, h, scale, mode, out):
+    out.copy_(ref.pera_adapter(x, lora_a, lora_b, h, scale, mode))
+
+
+def _ref_adapter_backward(grad, x, lora_a, lora_b, h, scale, mode, dx, d_a, d_b, d_h):
+    for out, g in zip(
+        (dx, d_a, d_b, d_h), ref.pera_adapter_backward(grad, x, lora_a, lora_b, h, scale, mode), strict=True
+    ):
+        out.copy_(g)
+
+
+def _ref_delta_weight(lora_a, lora_b, h, scale, mode, out):
+    out.copy_(ref.pera_delta_weight(lora_a, lora_b, h, scale, mode))
+
+
+ADAPTER = _dispatch.OpImpls("pera_adapter", _ref_adapter)
+ADAPTER_BACKWARD = _dispatch.OpImpls("pera_adapter_backward", _ref_adapter_backward)
+DELTA_WEIGHT = _dispatch.OpImpls("pera_delta_weight", _ref_delta_weight)
+
+
+@torch.library.custom_op("perfkern::pera_adapter", mutates_args=())
+def pera_adapter(
+    x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, h: torch.Tensor, scale: float, mode: str
+) -> torch.Tensor:
+    x2 = x.reshape(-1, x.shape[-1])
+    out = empty((x2.shape[0], lora_b.shape[0]), x.dtype, x.device)
+    _dispatch.run(ADAPTER, x.device, x2, lora_a, lora_b, h, scale, mode, out)
+    return out.view(*x.shape[:-1], lora_b.shape[0])
+
+
+@pera_adapter.register_fake
+def _(x, lora_a, lora_b, h, scale, mode):
+    torch._check(x.shape[-1] == lora_a.shape[1])
+    return x.new_empty((*x.shape[:-1], lora_b.shape[0]))
+
+
+@torch.library.custom_op("perfkern::pera_adapter_backward", mutates_args=())
+def pera_adapter_backward(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    h: torch.Tensor,
+    scale: float,
+    mode: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    x2 = x.reshape(-1, x.shape[-1])
+    grad2 = grad.reshape(-1, grad.shape[-1])
+    dx = empty(x2.shape, x.dtype, x.device)
+    d_a = empty(lora_a.shape, lora_a.dtype, x.device)
+    d_b = empty(lora_b.shape, lora_b.dtype, x.device)
+    d_h = empty(h.shape, h.dtype, x.device)
+    _dispatch.run(ADAPTER_BACKWARD, x.device, grad2, x2, lora_a, lora_b, h, scale, mode, dx, d_a, d_b, d_h)
+    return dx.view(x.shape), d_a, d_b, d_h
+
+
+@pera_adapter_backward.register_fake
+def _(grad, x, lora_a, lora_b, h, scale, mode):
+    return torch.empty_like(x), torch.empty_like(lora_a), torch.empty_like(lora_b), torch.empty_like(h)
+
+
+def _adapter_setup_context(ctx, inputs, output):
+    x, lora_a, lora_b, h, scale, mode = inputs
+    ctx.scale, ctx.mode = scale, mode
+    ctx.save_for_backward(x, lora_a, lora_b, h)
+
+
+def _adapter_backward(ctx, grad):
+    x, lora_a, lora_b, h = ctx.saved_tensors
+    dx, d_a, d_b, d_h = pera_adapter_backward(grad.contiguous(), x, lora_a, lora_b, h, ctx.scale, ctx.mode)
+    return dx, d_a, d_b, d_h, None, None
+
+
+pera_adapter.register_autograd(_adapter_backward, setup_context=_adapter_setup_context)
+
+
+@torch.library.custom_op("perfkern::pera_delta_weight", mutates_args=())
+def pera_delta_weight(
+    lora_a: torch.Tensor, lora_b: torch.Tensor, h: torch.Tensor, scale: float, mode: str
+) -> torch.Tensor:
+    out = empty((lora_b.shape[0], lora_a.shape[1]), lora_a.dtype, lora_a.device)
+    _dispatch.run(DELTA_WEIGHT, lora_a.device, lora_a, lora_b, h, scale, mode, out)
+    return out
+
+
+@pera_delta_weight.register_fake
+def _(lora_a, lora_b, h, scale, mode):
+    return lora_a.new_empty((lora_b.shape[0], lora_a.shape[1]))
+
+
+def _delta_setup_context(ctx, inputs, output):
+    lora_a, lora_b, h, scale, mode = inputs
+    ctx.scale, ctx.mode = scale, mode
+    ctx.save_for_backward(lora_a, lora_b, h)
+
+
+def _delta_backward(ctx, grad):
+    # ΔW = s·B̂·Â is the adapter applied to the identity: x = I_K gives rows ΔWᵀ, so the adapter's backward with
+    # upstream gradient Gᵀ gives the factors' gradients.
+    lora_a, lora_b, h = ctx.saved_tensors
+    eye = torch.eye(lora_a.shape[1], dtype=lora_a.dtype, device=lora_a.device)
+    _, d_a, d_b, d_h = pera_adapter_backward(grad.t().contiguous(), eye, lora_a, lora_b, h, ctx.scale, ctx.mode)
+    return d_a, d_b, d_h, None, None
+
+
+pera_delta_weight.register_autograd(_delta_backward, setup_context=_delta_setup_context)
