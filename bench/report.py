@@ -22,6 +22,8 @@ def main(path: str) -> None:
         gbps = f"{r['gbps']:.0f}" if "gbps" in r else "-"
         print(f"{r['op']:<18} {r['shape']:<12} {r['provider']:<10} {r['ms']:>9.3f} {gbps:>8} "
               f"{r['baseline_ms']:>12.3f} {r['speedup']:>7.2f}x  {r['baseline']}")  # fmt: skip
+        for name, other in r.get("others", {}).items():
+            print(f"{'':<42} {'':>9} {'':>8} {other['ms']:>12.3f} {other['speedup']:>7.2f}x  {name}")
 
 
 if __name__ == "__main__":

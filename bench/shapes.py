@@ -25,3 +25,10 @@ def linear_shapes() -> list[tuple[int, int, int]]:
     if torch.cuda.is_available():
         return [(m, n, k) for (n, k) in LLAMA_WEIGHTS for m in LLAMA_TOKENS]
     return [(1, 1024, 1024), (128, 1024, 1024)]
+
+
+def pera_shapes() -> list[tuple[int, int, int, int]]:
+    """(M, N, K, r) of an adapter call."""
+    if torch.cuda.is_available():
+        return [(m, 4096, 4096, r) for m in (2048, 8192) for r in (4, 8, 16, 32)]
+    return [(256, 512, 512, 4), (256, 512, 512, 16)]
