@@ -51,6 +51,19 @@ def train(model: nn.Module, x, y, x_val, y_val, steps: int, lr: float) -> float:
         return nn.functional.mse_loss(model(x_val), y_val).item()
 
 
+def second_order_share(model: nn.Module) -> float:
+    """How large PERA's pair terms are next to the LoRA part of ΔW, averaged over the adapted layers."""
+    shares = []
+    with torch.no_grad():
+        for layer in model:
+            if isinstance(layer, perfkern.PeraLinear):
+                a, b, h = layer.lora_a, layer.lora_b, layer.lora_h
+                lora = layer.scale * b @ a
+                full = perfkern.pera_delta_weight(a, b, h, layer.scale, layer.pera_mode)
+                shares.append(((full - lora).norm() / lora.norm()).item())
+    return statistics.mean(shares)
+
+
 def adapt(base: nn.Sequential, rank: int, mode: str, seed: int, train_h: bool) -> nn.Sequential:
     """``base`` with every Linear wrapped in a PERA adapter; ``train_h=False`` keeps h = 0, which is LoRA."""
     model = copy.deepcopy(base)
@@ -95,7 +108,8 @@ def main() -> None:
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
             loss = train(model, x_b, y_b, x_val, y_val, args.steps, lr=3e-3)
             results[name].append(loss)
-            print(f"seed {seed}  {name:<18} trainable params {trainable:>6}  val MSE {loss:.5f}")
+            share = f"  second-order terms {second_order_share(model):.1%} of ΔW" if train_h else ""
+            print(f"seed {seed}  {name:<18} trainable params {trainable:>6}  val MSE {loss:.5f}{share}")
 
     print(f"\nfinal validation MSE on task B over {args.seeds} seeds (lower is better)")
     print(f"{'variant':<20} {'mean':>9} {'std':>9} {'min':>9} {'max':>9}")
