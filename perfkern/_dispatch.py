@@ -16,7 +16,7 @@ import functools
 import importlib
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -123,6 +123,8 @@ class OpImpls:
     reference: Callable | str
     triton: Callable | str | None = None
     cuda: Callable | str | None = None
+    # The order ``auto`` tries on a GPU; an op keeps a backend out of it until that backend is proven there.
+    preference: tuple[str, ...] = BACKENDS
     _resolved: dict = field(default_factory=dict, compare=False, repr=False)
 
     def has(self, backend: str) -> bool:
@@ -139,7 +141,7 @@ class OpImpls:
         return impl
 
 
-def select(impls: OpImpls, device: torch.device, preference: Sequence[str] = BACKENDS) -> str:
+def select(impls: OpImpls, device: torch.device) -> str:
     """The backend that runs ``impls`` on ``device`` now; raises if an explicitly requested one cannot."""
     requested = requested_backend()
     if requested != "auto":
@@ -151,15 +153,15 @@ def select(impls: OpImpls, device: torch.device, preference: Sequence[str] = BAC
         return requested
     if device.type == "cpu" and not triton_interpret():
         return "reference"
-    for backend in preference:
+    for backend in impls.preference:
         if impls.has(backend) and unavailable_reason(backend, device) is None:
             return backend
     return "reference"
 
 
-def run(impls: OpImpls, device: torch.device, *args, preference: Sequence[str] = BACKENDS):
+def run(impls: OpImpls, device: torch.device, *args):
     """Call the selected implementation of ``impls`` with ``args`` and record which backend ran."""
-    backend = select(impls, device, preference)
+    backend = select(impls, device)
     _last[impls.name] = backend
     _last["*"] = backend
     if _log.isEnabledFor(logging.DEBUG):

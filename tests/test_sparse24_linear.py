@@ -9,6 +9,7 @@ from torch import nn
 
 import perfkern
 from perfkern import sparsity
+from perfkern.ops import sparse24 as ops
 from perfkern.reference import sparse24 as ref
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -94,9 +95,52 @@ def _check_against_reference(args, dtype):
             assert_within_torch_error(leaves[name].grad, truth, native, f"d{name}")
 
 
+def _skip_unless_layer_backend(backend):
+    missing = [impls.name for impls in (ops.MM, ops.WEIGHT_GRAD) if not impls.has(backend)]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} has no {backend} implementation (sparse24_mm is tested on its own)")
+
+
+MM_SHAPES = [
+    pytest.param(1, 16, 32, 1, id="M1-N16-K32-r1"),
+    pytest.param(5, 33, 64, 3, id="M5-N33-K64-r3"),
+    pytest.param(17, 70, 96, 0, id="M17-N70-K96-nolora"),
+    pytest.param(40, 128, 128, 20, id="M40-N128-K128-r20"),
+    pytest.param(130, 257, 320, 16, id="M130-N257-K320-r16"),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("m,n,k,r", MM_SHAPES)
+def test_sparse_mm_matches_reference(backend, device, m, n, k, r, dtype):
+    """The fused product itself, on every backend that has it (the CUDA sparse-tensor-core kernel included),
+    with a transposed view for B as the double-pruned dx passes it."""
+    if backend == "triton" and device.type == "cpu" and max(m, n, k) > 128:
+        pytest.skip("too large for the Triton interpreter")
+    x = torch.randn(m, k, device=device).to(dtype)
+    values, meta = ref.compress_2to4((torch.randn(n, k, device=device) / k**0.5).to(dtype))
+    if backend == "cuda" and (reason := ops.cuda_mm_unsupported(x, values)) is not None:
+        with pytest.raises(perfkern.BackendUnavailableError, match="cuda sparse24_mm"):
+            torch.ops.perfkern.sparse24_mm(x, values, meta, None, None, None, 1.0)
+        pytest.skip(reason)
+    bias = torch.randn(n, device=device).to(dtype)
+    lora_t = torch.randn(m, r, device=device).to(dtype) if r else None
+    lora_b = torch.randn(r, n, device=device).to(dtype).t() if r else None  # a transposed view, strides (1, n)
+    y = torch.ops.perfkern.sparse24_mm(x, values, meta, bias, lora_t, lora_b, 0.5)
+    assert perfkern.last_backend("sparse24_mm") == backend
+    w = ref.decompress_2to4(values, meta)
+    truth = x.double() @ w.double().t() + bias.double()
+    native = x @ w.t() + bias
+    if r:
+        truth = truth + 0.5 * lora_t.double() @ lora_b.double().t()
+        native = native + 0.5 * lora_t @ lora_b.t()
+    assert_within_torch_error(y, truth, native, "y")
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("lead,n,k,r", SHAPES)
 def test_forward_and_gradients_match_reference(backend, device, lead, n, k, r, dtype):
+    _skip_unless_layer_backend(backend)
     _check_against_reference(_problem(lead, n, k, r, dtype, device), dtype)
     assert perfkern.last_backend("sparse24_weight_grad") == backend
 
@@ -104,6 +148,7 @@ def test_forward_and_gradients_match_reference(backend, device, lead, n, k, r, d
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("lead,n,k,r", DOUBLE_SHAPES)
 def test_double_pruned_backward_matches_reference(backend, device, lead, n, k, r, dtype):
+    _skip_unless_layer_backend(backend)
     _check_against_reference(_problem(lead, n, k, r, dtype, device, double=True), dtype)
     assert perfkern.last_backend("sparse24_mm") == backend
 

@@ -132,6 +132,65 @@ void sparse24_meta_reorder(uintptr_t src, uintptr_t dst, int64_t rows, int64_t m
   raise_on_error("perfkern_sparse24_meta_reorder", status);
 }
 
+int64_t sparse24_mma_meta_size(int64_t rows, int64_t meta_cols) {
+  if (rows < 0 || meta_cols < 0 || meta_cols % 2 != 0) {
+    throw std::invalid_argument("sparse24_mma_meta_size: expected rows >= 0 and an even meta_cols >= 0, got rows=" +
+                                std::to_string(rows) + ", meta_cols=" + std::to_string(meta_cols));
+  }
+  return perfkern_sparse24_mma_meta_size(rows, meta_cols);
+}
+
+void sparse24_meta_to_mma(uintptr_t src, uintptr_t dst, int64_t rows, int64_t meta_cols, int device, uintptr_t stream) {
+  perfkern_sparse24_meta_to_mma_params_t p{};
+  p.src = as_ptr<const int16_t>(src);
+  p.dst = as_ptr<int16_t>(dst);
+  p.rows = rows;
+  p.meta_cols = meta_cols;
+  p.device = device;
+  perfkern_status_t status;
+  {
+    py::gil_scoped_release release;
+    status = perfkern_sparse24_meta_to_mma(&p, as_stream(stream));
+  }
+  raise_on_error("perfkern_sparse24_meta_to_mma", status);
+}
+
+void sparse24_mm(uintptr_t x, uintptr_t values, uintptr_t meta_mma, uintptr_t bias, uintptr_t lora_t, uintptr_t lora_b,
+                 uintptr_t out, int64_t m, int64_t n, int64_t k, int64_t r, double scale, int64_t x_row_stride,
+                 int64_t values_row_stride, int64_t bias_stride, int64_t t_stride0, int64_t t_stride1,
+                 int64_t b_stride0, int64_t b_stride1, int64_t out_row_stride, int dtype, int device,
+                 uintptr_t stream) {
+  perfkern_sparse24_mm_params_t p{};
+  p.x = as_ptr<const void>(x);
+  p.values = as_ptr<const void>(values);
+  p.meta_mma = as_ptr<const int16_t>(meta_mma);
+  p.bias = as_ptr<const void>(bias);
+  p.lora_t = as_ptr<const void>(lora_t);
+  p.lora_b = as_ptr<const void>(lora_b);
+  p.out = as_ptr<void>(out);
+  p.m = m;
+  p.n = n;
+  p.k = k;
+  p.r = r;
+  p.scale = static_cast<float>(scale);
+  p.x_row_stride = x_row_stride;
+  p.values_row_stride = values_row_stride;
+  p.bias_stride = bias_stride;
+  p.t_stride0 = t_stride0;
+  p.t_stride1 = t_stride1;
+  p.b_stride0 = b_stride0;
+  p.b_stride1 = b_stride1;
+  p.out_row_stride = out_row_stride;
+  p.dtype = as_dtype(dtype);
+  p.device = device;
+  perfkern_status_t status;
+  {
+    py::gil_scoped_release release;
+    status = perfkern_sparse24_mm(&p, as_stream(stream));
+  }
+  raise_on_error("perfkern_sparse24_mm", status);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -158,4 +217,16 @@ PYBIND11_MODULE(_C, m) {
   m.def("sparse24_meta_reorder", &sparse24_meta_reorder, py::arg("src"), py::arg("dst"), py::arg("rows"),
         py::arg("meta_cols"), py::arg("to_cutlass"), py::arg("device"), py::arg("stream"),
         "Canonical int16 metadata <-> torch's semi-structured CUTLASS layout.");
+  m.def("sparse24_mma_meta_size", &sparse24_mma_meta_size, py::arg("rows"), py::arg("meta_cols"),
+        "int16 elements of the mma-layout metadata: ceil(rows / 32) * 32 * meta_cols.");
+  m.def("sparse24_meta_to_mma", &sparse24_meta_to_mma, py::arg("src"), py::arg("dst"), py::arg("rows"),
+        py::arg("meta_cols"), py::arg("device"), py::arg("stream"),
+        "Canonical int16 metadata [rows, meta_cols] -> the layout sparse24_mm reads (dst: sparse24_mma_meta_size "
+        "int16, 16-byte aligned).");
+  m.def("sparse24_mm", &sparse24_mm, py::arg("x"), py::arg("values"), py::arg("meta_mma"), py::arg("bias"),
+        py::arg("lora_t"), py::arg("lora_b"), py::arg("out"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("R"),
+        py::arg("scale"), py::arg("x_row_stride"), py::arg("values_row_stride"), py::arg("bias_stride"),
+        py::arg("t_stride0"), py::arg("t_stride1"), py::arg("b_stride0"), py::arg("b_stride1"),
+        py::arg("out_row_stride"), py::arg("dtype"), py::arg("device"), py::arg("stream"),
+        "out = x . Ws^T + bias + scale * lora_t . lora_b^T on sparse tensor cores (bias, lora_t, lora_b may be 0).");
 }

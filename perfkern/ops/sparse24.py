@@ -231,7 +231,48 @@ def _ref_weight_grad(dy, x, meta, out_values):
     out_values.copy_(ref.gather_2to4(dy.float().t() @ x.float(), meta))
 
 
-MM = _dispatch.OpImpls("sparse24_mm", _ref_mm, f"{_TRITON}:mm")
+def cuda_mm_unsupported(x: torch.Tensor, values: torch.Tensor) -> str | None:
+    """Why the sparse-tensor-core kernel cannot take this call, or None."""
+    if x.dtype not in (torch.float16, torch.bfloat16):
+        return f"the cuda sparse24_mm runs float16/bfloat16 (sparse tensor cores), got {x.dtype}"
+    if x.shape[1] % 32 != 0:
+        return f"the cuda sparse24_mm needs K % 32 == 0, got K={x.shape[1]}"
+    return None
+
+
+def _mma_meta(meta: torch.Tensor) -> torch.Tensor:
+    """The kernel's metadata layout, derived from the canonical meta once and cached on the meta tensor itself
+    (so it dies with it), rebuilt whenever the meta is written in place."""
+    cached = getattr(meta, "_perfkern_mma_meta", None)
+    if cached is not None and cached[0] == meta._version:
+        return cached[1]
+    module = _ext.require()
+    rows, cols = meta.shape
+    out = torch.empty(module.sparse24_mma_meta_size(rows, cols), dtype=torch.int16, device=meta.device)
+    module.sparse24_meta_to_mma(meta.contiguous().data_ptr(), out.data_ptr(), rows, cols, meta.device.index,
+                                _ext.stream_of(meta))  # fmt: skip
+    meta._perfkern_mma_meta = (meta._version, out)
+    return out
+
+
+def _cuda_mm(x, values, meta, bias, lora_t, lora_b, scale, out):
+    reason = cuda_mm_unsupported(x, values)
+    if reason is not None:
+        raise _dispatch.BackendUnavailableError(reason)
+    m, k = x.shape
+    has_lora = lora_t is not None
+    _ext.require().sparse24_mm(
+        _ptr(x), _ptr(values), _ptr(_mma_meta(meta)), _ptr(bias), _ptr(lora_t), _ptr(lora_b), _ptr(out),
+        m, values.shape[0], k, lora_t.shape[1] if has_lora else 0, float(scale),
+        x.stride(0), values.stride(0), bias.stride(0) if bias is not None else 0,
+        lora_t.stride(0) if has_lora else 0, lora_t.stride(1) if has_lora else 0,
+        lora_b.stride(0) if has_lora else 0, lora_b.stride(1) if has_lora else 0,
+        out.stride(0), _ext.DTYPE_CODES[x.dtype], x.device.index, _ext.stream_of(x),
+    )  # fmt: skip
+
+
+# auto keeps the sparse-tensor-core kernel behind Triton until it has passed the GPU test suite.
+MM = _dispatch.OpImpls("sparse24_mm", _ref_mm, f"{_TRITON}:mm", _cuda_mm, preference=("triton", "cuda", "reference"))
 WEIGHT_GRAD = _dispatch.OpImpls("sparse24_weight_grad", _ref_weight_grad, f"{_TRITON}:weight_grad")
 
 
@@ -245,6 +286,7 @@ def sparse24_mm(
     lora_b: torch.Tensor | None,
     scale: float,
 ) -> torch.Tensor:
+    x = rows_contiguous(x)
     out = empty((x.shape[0], values.shape[0]), x.dtype, x.device)
     _dispatch.run(MM, x.device, x, values, meta, bias, lora_t, lora_b, scale, out)
     return out

@@ -144,6 +144,75 @@ typedef struct {
 PERFKERN_API perfkern_status_t perfkern_sparse24_meta_reorder(const perfkern_sparse24_meta_reorder_params_t* params,
                                                               cudaStream_t stream);
 
+/* The metadata layout read by perfkern_sparse24_mm ("mma layout"), derived from canonical meta
+ * [rows, meta_cols] (contiguous; meta_cols = K/16 must be even, i.e. K % 32 == 0) and private to that
+ * kernel: derive it once, cache it, never store it.
+ *
+ * 32-bit words, in blocks of 32 rows x 32 K columns: word ((b * (meta_cols/2) + s) * 32 + lane), with
+ * lane = 4*g + t (g < 8, t < 4), r = 32*b + 16*(t/2) + g and c = 2*s + t%2, holds canonical
+ * meta[r, c] in its low 16 bits and meta[r + 8, c] in its high 16 bits. Rows >= rows (the padding of
+ * the last block) read as 0x4444 (indices 0 and 1 in every group). Each lane of a warp thus loads the
+ * metadata register of mma.sp m16n8k32 for two 16-row tiles (sparsity selectors 0 and 1) with one
+ * coalesced 128-byte load per block and k32 step.
+ *
+ * Size: perfkern_sparse24_mma_meta_size(rows, meta_cols) = ceil(rows / 32) * 32 * meta_cols int16
+ * elements (rows padded to a multiple of 32). */
+PERFKERN_API int64_t perfkern_sparse24_mma_meta_size(int64_t rows, int64_t meta_cols);
+
+/* src: canonical int16 [rows, meta_cols], contiguous. dst: the mma layout, a 16-byte aligned buffer of
+ * perfkern_sparse24_mma_meta_size(rows, meta_cols) int16, distinct from src. */
+typedef struct {
+  const int16_t* src;
+  int16_t* dst;
+  int64_t rows;
+  int64_t meta_cols;
+  int device;
+} perfkern_sparse24_meta_to_mma_params_t;
+
+PERFKERN_API perfkern_status_t perfkern_sparse24_meta_to_mma(const perfkern_sparse24_meta_to_mma_params_t* params,
+                                                             cudaStream_t stream);
+
+/* 2:4 sparse GEMM on sparse tensor cores (mma.sp, sm_80 and newer), with bias and a fused low-rank term:
+ *   out[m, n] = sum_k x[m, k] Ws[n, k] + bias[n] + scale * sum_j lora_t[m, j] lora_b[n, j]
+ * accumulated in fp32 (the low-rank term joins the same accumulator; no M x N intermediate).
+ *   x        [m, k]    row stride x_row_stride, unit column stride
+ *   values   [n, k/2]  Ws's kept values (canonical), row stride values_row_stride
+ *   meta_mma           Ws's metadata in the mma layout (perfkern_sparse24_meta_to_mma with rows = n,
+ *                      meta_cols = k/16); 16-byte aligned
+ *   bias     [n]       stride bias_stride, or NULL
+ *   lora_t   [m, r]    strides t_stride0, t_stride1 } both NULL, or both set when r > 0
+ *   lora_b   [n, r]    strides b_stride0, b_stride1 }
+ *   out      [m, n]    row stride out_row_stride, unit column stride
+ * dtype: F16 or BF16, shared by every tensor (F32 gives PERFKERN_ERROR_NOT_SUPPORTED). k % 32 == 0;
+ * m, n, r any. x and values take 16-byte vector loads when their pointers are 16-byte aligned and
+ * their row strides multiples of 8; otherwise a slower element-wise path. */
+typedef struct {
+  const void* x;
+  const void* values;
+  const int16_t* meta_mma;
+  const void* bias;
+  const void* lora_t;
+  const void* lora_b;
+  void* out;
+  int64_t m;
+  int64_t n;
+  int64_t k;
+  int64_t r;
+  float scale;
+  int64_t x_row_stride;
+  int64_t values_row_stride;
+  int64_t bias_stride;
+  int64_t t_stride0;
+  int64_t t_stride1;
+  int64_t b_stride0;
+  int64_t b_stride1;
+  int64_t out_row_stride;
+  perfkern_dtype_t dtype;
+  int device;
+} perfkern_sparse24_mm_params_t;
+
+PERFKERN_API perfkern_status_t perfkern_sparse24_mm(const perfkern_sparse24_mm_params_t* params, cudaStream_t stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,13 @@
+#include "sparse24/mm_kernel.cuh"
+
+namespace perfkern {
+namespace sparse24 {
+namespace mma {
+
+perfkern_status_t launch_mm_bf16(const MmArgs& a, cudaStream_t stream) {
+  return launch_mm<__nv_bfloat16>(a, stream);
+}
+
+}  // namespace mma
+}  // namespace sparse24
+}  // namespace perfkern
