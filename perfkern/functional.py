@@ -129,7 +129,7 @@ def pera_adapter(
         raise TypeError(f"x must have lora_a's dtype {lora_a.dtype}, got {x.dtype}")
     if x.device != lora_a.device:
         raise ValueError(f"x must be on lora_a's device {lora_a.device}, got {x.device}")
-    return _pera_ops.pera_adapter(x, lora_a, lora_b, h, float(scale), mode)
+    return _pera_ops.pera_adapter(x, lora_a, lora_b, h, float(scale), mode)[0]
 
 
 def pera_delta_weight(

@@ -129,9 +129,10 @@ def test_opcheck(device, name):
     a, b, h = _factors(16, 32, 3, "full", torch.float32, device)
     x = torch.randn(2, 3, 32, device=device)
     grads = {"pera_adapter": (0, 1, 3), "pera_delta_weight": (0, 2)}.get(name, ())
+    grad, z = torch.randn(2, 3, 16, device=device), torch.randn(6, 9, device=device)
     args = {
         "pera_adapter": (x, a, b, h, 0.5, "full"),
-        "pera_adapter_backward": (torch.randn(2, 3, 16, device=device), x, a, b, h, 0.5, "full"),
+        "pera_adapter_backward": (grad, x, a, b, h, z, 0.5, "full"),
         "pera_delta_weight": (a, b, h, 0.5, "full"),
     }[name]
     args = tuple(t.clone().requires_grad_(True) if i in grads else t for i, t in enumerate(args))

@@ -1,7 +1,8 @@
 """PERA ops ``perfkern::pera_*`` (DESIGN §3.4): schemas, fake kernels, autograd, per-backend implementations.
 
-The adapter's backward is an op of its own, so a backend can produce dx, dA, dB and dh together from the
-factors it generates on chip (dh is a reduction over K).
+The forward also returns Z = x·Âᵀ [M, r + |P|] (fp32, not differentiable): the backward takes it instead of
+reading x once more to rebuild it. The adapter's backward is an op of its own, so a backend can produce dx, dA,
+dB and dh together from the factors it generates on chip (dh is a reduction over K).
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ from perfkern.ops._common import empty
 from perfkern.reference import pera as ref
 
 
-def _ref_adapter(x, lora_a, lora_b, h, scale, mode, out):
+def _ref_adapter(x, lora_a, lora_b, h, scale, mode, out, z):
     out.copy_(ref.pera_adapter(x, lora_a, lora_b, h, scale, mode))
+    a_hat, _ = ref.expand(lora_a, lora_b, h, mode)
+    z.copy_(x.to(a_hat.dtype) @ a_hat.t())
 
 
-def _ref_adapter_backward(grad, x, lora_a, lora_b, h, scale, mode, dx, d_a, d_b, d_h):
+def _ref_adapter_backward(grad, x, lora_a, lora_b, h, z, scale, mode, dx, d_a, d_b, d_h):
+    # The truth rebuilds everything from the inputs; z is the backends' shortcut.
     for out, g in zip(
         (dx, d_a, d_b, d_h), ref.pera_adapter_backward(grad, x, lora_a, lora_b, h, scale, mode), strict=True
     ):
@@ -28,25 +32,38 @@ def _ref_delta_weight(lora_a, lora_b, h, scale, mode, out):
     out.copy_(ref.pera_delta_weight(lora_a, lora_b, h, scale, mode))
 
 
-ADAPTER = _dispatch.OpImpls("pera_adapter", _ref_adapter)
-ADAPTER_BACKWARD = _dispatch.OpImpls("pera_adapter_backward", _ref_adapter_backward)
-DELTA_WEIGHT = _dispatch.OpImpls("pera_delta_weight", _ref_delta_weight)
+_TRITON = "perfkern.kernels.pera"
+
+
+def _triton_adapter_backward(grad, x, lora_a, lora_b, h, z, scale, mode, dx, d_a, d_b, d_h):
+    from perfkern.kernels import pera as kernels
+
+    kernels.adapter_backward(grad, x, lora_a, lora_b, h, scale, mode, dx, d_a, d_b, d_h, z=z)
+
+
+ADAPTER = _dispatch.OpImpls("pera_adapter", _ref_adapter, f"{_TRITON}:adapter")
+ADAPTER_BACKWARD = _dispatch.OpImpls("pera_adapter_backward", _ref_adapter_backward, _triton_adapter_backward)
+DELTA_WEIGHT = _dispatch.OpImpls("pera_delta_weight", _ref_delta_weight, f"{_TRITON}:delta_weight")
 
 
 @torch.library.custom_op("perfkern::pera_adapter", mutates_args=())
 def pera_adapter(
     x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, h: torch.Tensor, scale: float, mode: str
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     x2 = x.reshape(-1, x.shape[-1])
     out = empty((x2.shape[0], lora_b.shape[0]), x.dtype, x.device)
-    _dispatch.run(ADAPTER, x.device, x2, lora_a, lora_b, h, scale, mode, out)
-    return out.view(*x.shape[:-1], lora_b.shape[0])
+    z = empty((x2.shape[0], lora_a.shape[0] + h.shape[0]), torch.float32, x.device)
+    _dispatch.run(ADAPTER, x.device, x2, lora_a, lora_b, h, scale, mode, out, z)
+    return out.view(*x.shape[:-1], lora_b.shape[0]), z
 
 
 @pera_adapter.register_fake
 def _(x, lora_a, lora_b, h, scale, mode):
     torch._check(x.shape[-1] == lora_a.shape[1])
-    return x.new_empty((*x.shape[:-1], lora_b.shape[0]))
+    m = x.numel() // x.shape[-1]
+    return x.new_empty((*x.shape[:-1], lora_b.shape[0])), x.new_empty(
+        (m, lora_a.shape[0] + h.shape[0]), dtype=torch.float32
+    )
 
 
 @torch.library.custom_op("perfkern::pera_adapter_backward", mutates_args=())
@@ -56,6 +73,7 @@ def pera_adapter_backward(
     lora_a: torch.Tensor,
     lora_b: torch.Tensor,
     h: torch.Tensor,
+    z: torch.Tensor,
     scale: float,
     mode: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -65,24 +83,25 @@ def pera_adapter_backward(
     d_a = empty(lora_a.shape, lora_a.dtype, x.device)
     d_b = empty(lora_b.shape, lora_b.dtype, x.device)
     d_h = empty(h.shape, h.dtype, x.device)
-    _dispatch.run(ADAPTER_BACKWARD, x.device, grad2, x2, lora_a, lora_b, h, scale, mode, dx, d_a, d_b, d_h)
+    _dispatch.run(ADAPTER_BACKWARD, x.device, grad2, x2, lora_a, lora_b, h, z, scale, mode, dx, d_a, d_b, d_h)
     return dx.view(x.shape), d_a, d_b, d_h
 
 
 @pera_adapter_backward.register_fake
-def _(grad, x, lora_a, lora_b, h, scale, mode):
+def _(grad, x, lora_a, lora_b, h, z, scale, mode):
     return torch.empty_like(x), torch.empty_like(lora_a), torch.empty_like(lora_b), torch.empty_like(h)
 
 
 def _adapter_setup_context(ctx, inputs, output):
     x, lora_a, lora_b, h, scale, mode = inputs
     ctx.scale, ctx.mode = scale, mode
-    ctx.save_for_backward(x, lora_a, lora_b, h)
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(x, lora_a, lora_b, h, output[1])
 
 
-def _adapter_backward(ctx, grad):
-    x, lora_a, lora_b, h = ctx.saved_tensors
-    dx, d_a, d_b, d_h = pera_adapter_backward(grad.contiguous(), x, lora_a, lora_b, h, ctx.scale, ctx.mode)
+def _adapter_backward(ctx, grad, grad_z):
+    x, lora_a, lora_b, h, z = ctx.saved_tensors
+    dx, d_a, d_b, d_h = pera_adapter_backward(grad.contiguous(), x, lora_a, lora_b, h, z, ctx.scale, ctx.mode)
     return dx, d_a, d_b, d_h, None, None
 
 
@@ -114,7 +133,8 @@ def _delta_backward(ctx, grad):
     # upstream gradient Gᵀ gives the factors' gradients.
     lora_a, lora_b, h = ctx.saved_tensors
     eye = torch.eye(lora_a.shape[1], dtype=lora_a.dtype, device=lora_a.device)
-    _, d_a, d_b, d_h = pera_adapter_backward(grad.t().contiguous(), eye, lora_a, lora_b, h, ctx.scale, ctx.mode)
+    _, z = pera_adapter(eye, lora_a, lora_b, h, ctx.scale, ctx.mode)
+    _, d_a, d_b, d_h = pera_adapter_backward(grad.t().contiguous(), eye, lora_a, lora_b, h, z, ctx.scale, ctx.mode)
     return d_a, d_b, d_h, None, None
 
 
