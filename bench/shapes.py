@@ -32,3 +32,10 @@ def pera_shapes() -> list[tuple[int, int, int, int]]:
     if torch.cuda.is_available():
         return [(m, 4096, 4096, r) for m in (2048, 8192) for r in (4, 8, 16, 32)]
     return [(256, 512, 512, 4), (256, 512, 512, 16)]
+
+
+def dendrite_shapes() -> list[tuple[int, int, int, int]]:
+    """(L, P, C, N): layers, tokens (32 x 128 on a GPU, as GPT-2-medium fine-tuning), candidates, neurons."""
+    if torch.cuda.is_available():
+        return [(24, 4096, 4, 1024), (24, 4096, 4, 4096)]
+    return [(4, 512, 4, 256)]

@@ -5,9 +5,9 @@ Backends (DESIGN §1): ``cuda`` (the compiled core, ``perfkern._C``), ``triton``
 ``available_backends`` and ``last_backend`` say what can run and what did.
 """
 
-from perfkern import ops, sparsity
+from perfkern import dendrites, ops, sparsity
 from perfkern._dispatch import BackendUnavailableError, available_backends, last_backend, use_backend
-from perfkern.functional import pera_adapter, pera_delta_weight, sparse24_linear
+from perfkern.functional import dendrite_correlation, pera_adapter, pera_delta_weight, sparse24_linear
 from perfkern.nn import PeraLinear, SkippedLayer, SparseLoRALinear, sparsify
 
 __version__ = "0.1.0"
@@ -18,6 +18,8 @@ __all__ = [
     "SkippedLayer",
     "SparseLoRALinear",
     "available_backends",
+    "dendrite_correlation",
+    "dendrites",
     "last_backend",
     "ops",
     "pera_adapter",

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import torch
 
+from perfkern.ops import dendrite as _dendrite_ops
 from perfkern.ops import pera as _pera_ops
 from perfkern.ops import sparse24 as _ops
 from perfkern.ops._common import check_float, check_k16, shape_str
+from perfkern.reference import dendrite as _dendrite_ref
 from perfkern.reference import pera as _pera_ref
 
-__all__ = ["sparse24_linear", "pera_adapter", "pera_delta_weight"]
+__all__ = ["sparse24_linear", "pera_adapter", "pera_delta_weight", "dendrite_correlation"]
 
 
 def _expect(name: str, t: torch.Tensor, shape: tuple, dims: str) -> None:
@@ -138,3 +140,42 @@ def pera_delta_weight(
     """ΔW = s·B̂·Â [N, K]: the PERA update as a dense weight, for merging (inference then costs nothing)."""
     _check_pera_factors(lora_a, lora_b, h, mode)
     return _pera_ops.pera_delta_weight(lora_a, lora_b, h, float(scale), mode)
+
+
+def _stacked(values: torch.Tensor, errors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """values [(L,) P, C, N] and errors [(L,) P, N], checked, as [L, P, C, N] and [L, P, N]."""
+    check_float("values", values)
+    check_float("errors", errors)
+    if values.dim() not in (3, 4):
+        raise ValueError(f"values must be [P, C, N] or [L, P, C, N], got shape {shape_str(values.shape)}")
+    batched = values.dim() == 4
+    expected = (*values.shape[: values.dim() - 2], values.shape[-1])  # [(L,) P, N]
+    if tuple(errors.shape) != expected:
+        dims = "[L, P, N]" if batched else "[P, N]"
+        raise ValueError(f"errors must be {dims} = {shape_str(expected)} for values {shape_str(values.shape)}, "
+                         f"got {shape_str(errors.shape)}")  # fmt: skip
+    if errors.dtype != values.dtype:
+        raise TypeError(f"errors must have values' dtype {values.dtype}, got {errors.dtype}")
+    if errors.device != values.device:
+        raise ValueError(f"errors must be on values' device {values.device}, got {errors.device}")
+    if values.shape[-3] == 0:
+        raise ValueError("values must hold at least one token (P > 0)")
+    if not batched:
+        values, errors = values.unsqueeze(0), errors.unsqueeze(0)
+    return values, errors.detach(), batched
+
+
+def dendrite_correlation(values: torch.Tensor, errors: torch.Tensor, mode: str = "cc") -> torch.Tensor:
+    """Per candidate and neuron, the covariance (``"cc"``) or Pearson correlation (``"pearson"``) between the
+    candidates' outputs and the neurons' errors over the P tokens of a batch (DESIGN §3.5, Cascade-Correlation).
+
+    values: [(L,) P, C, N] (C candidates per neuron, post-activation); errors: [(L,) P, N] (∂L/∂ neuron output,
+    treated as constants). Returns [(L,) C, N] in fp32. Computed with a stable reduction (V ≈ 0.5 with a tiny
+    spread, the usual case at initialisation, is exact to fp32 rounding); a NaN in one neuron's errors stays in
+    that neuron. Differentiable in values, so ``-(score.abs().sum())`` gives candidates their
+    Cascade-Correlation gradient."""
+    if mode not in _dendrite_ref.MODES:
+        raise ValueError(f"mode must be 'cc' or 'pearson', got {mode!r}")
+    values4, errors3, batched = _stacked(values, errors)
+    score = _dendrite_ops.dendrite_correlation(values4, errors3, mode)[0]
+    return score if batched else score.squeeze(0)

@@ -2,4 +2,4 @@
 
 Importing this package registers every op; ``torch.ops.perfkern.<name>`` is then callable directly."""
 
-from perfkern.ops import pera, sparse24  # noqa: F401
+from perfkern.ops import dendrite, pera, sparse24  # noqa: F401
