@@ -14,6 +14,15 @@ from perfkern.reference import pera as _pera_ref
 __all__ = ["sparse24_linear", "pera_adapter", "pera_delta_weight", "dendrite_correlation"]
 
 
+def _autocast(device: torch.device, *tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
+    """Under ``torch.autocast`` for ``device``, the float tensors in its dtype (as F.linear gets them); else as is.
+    Custom ops are not autocast-aware, so the cast happens here, once, where autograd sees it."""
+    if not torch.is_autocast_enabled(device.type):
+        return list(tensors)
+    dtype = torch.get_autocast_dtype(device.type)
+    return [t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors]
+
+
 def _expect(name: str, t: torch.Tensor, shape: tuple, dims: str) -> None:
     if tuple(t.shape) != tuple(shape):
         raise ValueError(f"{name} must be {dims} = {shape_str(shape)}, got {shape_str(t.shape)}")
@@ -46,8 +55,10 @@ def sparse24_linear(
       (``compress_2to4(Wbwdᵀ)``, 2:4 along N). The gradient of ``values`` holds only the kept entries of
       ``dyᵀ·x`` (compressed form); ``dA = s·(dy·B)ᵀ·x``, ``dB = s·dyᵀ·(x·Aᵀ)``, ``db = Σ dy``.
 
-    All float tensors share x's dtype (float32, float16 or bfloat16); accumulation is fp32.
+    All float tensors share x's dtype (float32, float16 or bfloat16); accumulation is fp32. Under
+    ``torch.autocast`` they are all cast to the autocast dtype first.
     """
+    x, values, bias, lora_a, lora_b, bwd_values = _autocast(x.device, x, values, bias, lora_a, lora_b, bwd_values)
     check_float("x", x)
     if x.dim() < 1:
         raise ValueError("x must be [..., K], got a scalar")
@@ -122,7 +133,8 @@ def pera_adapter(
     Â = [A ; h_p·(a_i ⊙ a_j)] and B̂ = [B , b_i ⊙ b_j] over the pairs p = (i, j) of ``mode`` in
     ``torch.triu_indices(r, r)`` order: ``full`` (i ≤ j, |h| = r(r+1)/2), ``square`` (i = j, |h| = r) or
     ``cross`` (i < j, |h| = r(r-1)/2). A [r, K], B [N, r], h [|h|]. With h = 0 this is exactly LoRA's s·(x·Aᵀ)·Bᵀ.
-    Differentiable in x, A, B and h."""
+    Differentiable in x, A, B and h. Under ``torch.autocast`` the inputs are cast to the autocast dtype."""
+    x, lora_a, lora_b, h = _autocast(x.device, x, lora_a, lora_b, h)
     _check_pera_factors(lora_a, lora_b, h, mode)
     check_float("x", x)
     if x.dim() < 1 or x.shape[-1] != lora_a.shape[1]:

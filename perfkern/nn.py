@@ -382,11 +382,14 @@ def sparsify(
     rank: int = 16,
     include: list[str] | tuple[str, ...] | None = None,
     exclude: list[str] | tuple[str, ...] = ("lm_head", "*.lm_head"),
+    scores: dict[str, torch.Tensor] | None = None,
     **kwargs,
 ) -> list[SkippedLayer]:
     """Replace, in place, every ``nn.Linear`` (and Hugging Face ``Conv1D``) of ``model`` whose qualified name
     matches ``include`` (fnmatch patterns; default all) and no ``exclude`` pattern by a ``SparseLoRALinear``
-    (``from_linear(layer, rank, **kwargs)``). Layers whose shape the kernels cannot take stay dense.
+    (``from_weight(weight, bias, rank, **kwargs)``). Layers whose shape the kernels cannot take stay dense.
+    ``scores`` maps qualified names to importance scores [out, in] (e.g. Wanda's, from calibration) that choose
+    those layers' masks instead of magnitude.
 
     Returns the layers left dense with the reason for each (excluded ones are not listed)."""
     skipped: list[SkippedLayer] = []
@@ -409,8 +412,10 @@ def sparsify(
             skipped.append(SkippedLayer(name, f"out_features={out_features} is not a multiple of 16"))
             continue
         targets.append((name, weight, found[1]))
+    default_mask = kwargs.pop("mask", "magnitude")
     for name, weight, bias in targets:
-        layer = SparseLoRALinear.from_weight(weight, bias, rank=rank, **kwargs)
+        mask = scores[name] if scores is not None and name in scores else default_mask
+        layer = SparseLoRALinear.from_weight(weight, bias, rank=rank, mask=mask, **kwargs)
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, layer)
