@@ -166,4 +166,7 @@ def run(impls: OpImpls, device: torch.device, *args):
     _last["*"] = backend
     if _log.isEnabledFor(logging.DEBUG):
         _log.debug("perfkern::%s ran on %s (requested %s)", impls.name, backend, requested_backend())
-    return impls.get(backend)(*args)
+    # Every implementation sets its own precision (fp32 accumulation); an enclosing autocast must not recast
+    # the PyTorch ops inside it, the backward's included.
+    with torch.autocast(device.type, enabled=False):
+        return impls.get(backend)(*args)
