@@ -1,8 +1,15 @@
-"""``python -m perfkern [info|demo]``: versions, backends, and a small 2:4 demo on this machine."""
+"""``python -m perfkern [info|format|demo] [demo options]``.
+
+- ``info``: versions, the compiled core, the device and which backends can run;
+- ``format``: a small 2:4 format demo (compress, decompress, a matmul, timings per backend);
+- ``demo`` (the main job): a tiny GPT trained dense, 2:4 + lazy LoRA (SLoPe), + PERA and + dendrites, with a
+  table and a loss-curve PNG (``python -m perfkern demo --help`` lists its options).
+
+With no command: ``info``, then ``demo``.
+"""
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import sys
@@ -53,7 +60,7 @@ def _time_ms(fn, device: torch.device, repeat: int = 5) -> float:
     return (time.perf_counter() - start) / repeat * 1e3
 
 
-def demo() -> None:
+def format_demo() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     n, k, m = (4096, 4096, 256) if device.type == "cuda" else (1024, 1024, 64)
@@ -85,13 +92,21 @@ def demo() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m perfkern", description=__doc__)
-    parser.add_argument("command", nargs="?", default="all", choices=["all", "info", "demo"])
-    args = parser.parse_args(argv)
-    if args.command in ("all", "info"):
+    argv = sys.argv[1:] if argv is None else argv
+    command = argv[0] if argv and not argv[0].startswith("-") else "all"
+    rest = argv[1:] if command != "all" else argv
+    if command not in ("all", "info", "format", "demo"):
+        print(__doc__)
+        print(f"unknown command {command!r}")
+        return 2
+    if command in ("all", "info"):
         info()
-    if args.command in ("all", "demo"):
-        demo()
+    if command == "format":
+        format_demo()
+    if command in ("all", "demo"):
+        from perfkern import demo
+
+        return demo.main(rest)
     return 0
 
 

@@ -279,7 +279,10 @@ class DendriteTrainer:
         self._trainable = [p for p in model.parameters() if p.requires_grad and id(p) not in self._candidate_ids]
         for p in self._candidate_params():
             p.requires_grad_(False)
-        self.optimizer = self._neuron_optimizer()
+        # One neuron optimizer for the whole run (its state survives the dendrite phases); installed dendrites'
+        # output weights join it as new parameter groups.
+        self.neuron_optimizer = make_optimizer(self._trainable)
+        self.optimizer = self.neuron_optimizer
         self._best_val = math.inf
         self._stale = 0
         self._phase_epochs = 0
@@ -290,9 +293,6 @@ class DendriteTrainer:
 
     def _output_weights(self) -> list[nn.Parameter]:
         return [w for layer in self.layers for w in layer.dendrite_w]
-
-    def _neuron_optimizer(self) -> torch.optim.Optimizer:
-        return self.make_optimizer(self._trainable + self._output_weights())
 
     def _say(self, line: str) -> None:
         self.events.append(line)
@@ -305,7 +305,9 @@ class DendriteTrainer:
         loss.backward()
         self.optimizer.step()
 
-    def _start_dendrite_phase(self) -> None:
+    def start_dendrite_phase(self) -> None:
+        """Freeze the base and train fresh candidates on the correlation objective (called on plateaus, or on a
+        schedule by the caller)."""
         self.phase, self._phase_epochs, self._stale = "dendrite", 0, 0
         for p in self._trainable + self._output_weights():
             p.requires_grad_(False)
@@ -320,12 +322,14 @@ class DendriteTrainer:
         self._say(f"dendrite phase: training {self.layers[0].num_candidates} candidates per neuron "
                   f"in {len(self.layers)} layers (base frozen)")  # fmt: skip
 
-    def _install_and_resume(self) -> None:
+    def install_and_resume(self) -> None:
+        """Install each layer's best candidates (output weight 0) and resume the neuron phase."""
         counts, scores = [], []
         for layer, state in zip(self.layers, self.group.states, strict=True):
             layer.tracking, layer.state = False, None
             if layer.num_dendrites < self.max_dendrites:
                 layer.install_best(state.best_candidates()[0])
+                self.neuron_optimizer.add_param_group({"params": [layer.dendrite_w[-1]]})
             counts.append(layer.num_dendrites)
             scores.append(state.best.mean().item())
             for p in layer.candidate_parameters():
@@ -335,7 +339,7 @@ class DendriteTrainer:
             p.requires_grad_(True)
         self.phase, self._phase_epochs, self._stale, self._best_val = "neuron", 0, 0, math.inf
         self.group = None
-        self.optimizer = self._neuron_optimizer()
+        self.optimizer = self.neuron_optimizer
         mean_score = sum(scores) / len(scores)
         self._say(f"installed dendrites: per layer {counts}; mean best |{self.layers[0].mode}| {mean_score:.4f}; "
                   "neuron phase resumes")  # fmt: skip
@@ -351,9 +355,9 @@ class DendriteTrainer:
             full = all(layer.num_dendrites >= self.max_dendrites for layer in self.layers)
             if self._stale >= self.patience and not full:
                 self._say(f"neuron phase plateaued at val loss {self._best_val:.4f} after {self._phase_epochs} epochs")
-                self._start_dendrite_phase()
+                self.start_dendrite_phase()
             return
         improved = any(bool(state.improved.any()) for state in self.group.states)
         self._stale = 0 if improved else self._stale + 1
         if self._stale >= self.patience or self._phase_epochs >= self.max_dendrite_epochs:
-            self._install_and_resume()
+            self.install_and_resume()
