@@ -8,7 +8,7 @@ Backends (DESIGN §1): ``cuda`` (the compiled core, ``perfkern._C``), ``triton``
 from perfkern import dendrites, ops, sparsity
 from perfkern._dispatch import BackendUnavailableError, available_backends, last_backend, use_backend
 from perfkern.functional import dendrite_correlation, pera_adapter, pera_delta_weight, sparse24_linear
-from perfkern.nn import PeraLinear, SkippedLayer, SparseLoRALinear, sparsify
+from perfkern.nn import PeraLinear, SkippedLayer, SparseLoRALinear, merge, sparsify
 
 __version__ = "0.1.0"
 
@@ -21,6 +21,7 @@ __all__ = [
     "dendrite_correlation",
     "dendrites",
     "last_backend",
+    "merge",
     "ops",
     "pera_adapter",
     "pera_delta_weight",

@@ -378,7 +378,9 @@ def perturbation_scores(
     runs ONCE on both views concatenated along dim 0 (every tensor of a dict or tuple batch), in eval mode; its
     output is cut back into the clean and the perturbed half (every output tensor whose leading size is twice
     the batch's). ``loss_fn(output_half, batch)`` is called on each half with the clean batch (so targets come
-    from the clean data) and returns a scalar or per-example losses (averaged). Gradients are linear, so ONE
+    from the clean data) and returns a scalar or per-example losses (averaged); it must compute the loss from the
+    half it is given (e.g. its logits), not read a loss the model already reduced over both views (a Hugging Face
+    ``output.loss`` from ``labels`` in the batch). Gradients are linear, so ONE
     backward of ``L(clean) − L(perturbed)`` gives the gradient gap [out, in] of every layer at once.
 
     Only the scored weights require grad during the call; every parameter's ``requires_grad`` and ``.grad`` are

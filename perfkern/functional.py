@@ -50,10 +50,12 @@ def sparse24_linear(
 
     - x [..., K]; Ws [N, K] 2:4 along K, given compressed as ``values`` [N, K/2], ``meta`` [N, K/16] int16;
       bias [N]; ``lora_a`` A [r, K] and ``lora_b`` B [N, r] (PEFT's shapes), both or neither; s = ``scale``.
-    - Backward: ``dx = dy·Wbwd + s·(dy·B)·A`` where Wbwd is Ws, or, when ``bwd_values`` [K, N/2] and
-      ``bwd_meta`` [K, N/16] are given, the double-pruned copy whose transpose they compress
-      (``compress_2to4(Wbwdᵀ)``, 2:4 along N). The gradient of ``values`` holds only the kept entries of
-      ``dyᵀ·x`` (compressed form); ``dA = s·(dy·B)ᵀ·x``, ``dB = s·dyᵀ·(x·Aᵀ)``, ``db = Σ dy``.
+    - Backward: ``dx = dy·Wbwd + s·(dy·B)·A`` where Wbwd is Ws, or, when ``bwd_meta`` [K, N/16] is given,
+      SLoPe's double-pruned copy, 2:4 along N, whose transpose ``bwd_values`` [K, N/2] and ``bwd_meta``
+      compress (``compress_2to4(Wbwdᵀ)``). Without ``bwd_values`` the copy is taken from the current Ws at
+      backward time (Wsᵀ gathered onto ``bwd_meta``), so it always follows the weight. The gradient of
+      ``values`` holds only the kept entries of ``dyᵀ·x`` (compressed form); ``dA = s·(dy·B)ᵀ·x``,
+      ``dB = s·dyᵀ·(x·Aᵀ)``, ``db = Σ dy``.
 
     All float tensors share x's dtype (float32, float16 or bfloat16); accumulation is fp32. Under
     ``torch.autocast`` they are all cast to the autocast dtype first.
@@ -86,16 +88,18 @@ def sparse24_linear(
         _expect_dtype("lora_a", lora_a, x.dtype)
         _expect_dtype("lora_b", lora_b, x.dtype)
         tensors.update(lora_a=lora_a, lora_b=lora_b)
-    if (bwd_values is None) != (bwd_meta is None):
-        raise ValueError("bwd_values and bwd_meta must be given together")
-    if bwd_values is not None:
+    if bwd_values is not None and bwd_meta is None:
+        raise ValueError("bwd_values needs its bwd_meta")
+    if bwd_meta is not None:
         check_k16("N (values.shape[0]) with a backward copy", n)
-        _expect("bwd_values", bwd_values, (k, n // 2), "[K, N/2]")
-        _expect_dtype("bwd_values", bwd_values, x.dtype)
+        if bwd_values is not None:
+            _expect("bwd_values", bwd_values, (k, n // 2), "[K, N/2]")
+            _expect_dtype("bwd_values", bwd_values, x.dtype)
+            tensors["bwd_values"] = bwd_values
         if bwd_meta.dtype != torch.int16:
             raise TypeError(f"bwd_meta must be int16, got {bwd_meta.dtype}")
         _expect("bwd_meta", bwd_meta, (k, n // 16), "[K, N/16]")
-        tensors.update(bwd_values=bwd_values, bwd_meta=bwd_meta)
+        tensors["bwd_meta"] = bwd_meta
     devices = {t.device for t in tensors.values()}
     if len(devices) > 1:
         listed = ", ".join(f"{name} on {t.device}" for name, t in tensors.items())

@@ -20,7 +20,7 @@ from perfkern.functional import pera_adapter, pera_delta_weight, sparse24_linear
 from perfkern.reference.pera import MODES as PERA_MODES
 from perfkern.reference.pera import num_pairs
 
-__all__ = ["SparseLoRALinear", "PeraLinear", "sparsify", "SkippedLayer"]
+__all__ = ["SparseLoRALinear", "PeraLinear", "sparsify", "merge", "SkippedLayer"]
 
 _PATTERNS = ("row", "transposable")
 _BACKWARDS = ("double", "exact")
@@ -46,8 +46,9 @@ class SparseLoRALinear(nn.Module):
             with ``pattern="transposable"`` Wsᵀ is itself 2:4 and the sparse kernel computes it exactly).
         lazy: start with the adapter off; ``enable_adapter()`` switches it on.
         train_sparse: whether the sparse values train (their gradient holds only the kept entries).
-        refresh_every: with ``backward="double"``, how many weight updates between re-choosing the backward
-            copy's mask; its values follow the weight at every update.
+        refresh_every: with ``backward="double"``, how many weight gradients (training steps) between re-choosing
+            the backward copy's mask by magnitude. The copy's values are taken from the current weight at every
+            backward, so they always follow it.
     """
 
     def __init__(
@@ -95,18 +96,21 @@ class SparseLoRALinear(nn.Module):
         self.register_buffer("meta", torch.zeros(out_features, in_features // 16, dtype=torch.int16, device=device))
         self.bias = nn.Parameter(torch.zeros(out_features, **factory)) if bias else None
         _init_adapter(self, self.adapter, self.rank, in_features, out_features, self.pera_mode, factory)
-        self.register_buffer("adapter_enabled", torch.tensor(not lazy and self.adapter is not None, device=device))
-        # The backward copy: its mask is state (saved); its values are derived from the weight (not saved).
-        has_copy = self._needs_copy()
+        # The switch is saved as a buffer and mirrored in a Python bool, which forward reads (a traced forward then
+        # needs no host read of a tensor).
+        self._adapter_on = not lazy and self.adapter is not None
+        self.register_buffer("adapter_enabled", torch.tensor(self._adapter_on, device=device))
+        self.register_load_state_dict_post_hook(_sync_adapter_switch)
+        # The backward copy's mask is state (saved); its values come from the weight at every backward.
         self.register_buffer(
             "bwd_meta",
-            torch.zeros(in_features, out_features // 16, dtype=torch.int16, device=device) if has_copy else None,
-        )
-        self.register_buffer(
-            "bwd_values", torch.empty(in_features, out_features // 2, **factory) if has_copy else None, persistent=False
+            torch.zeros(in_features, out_features // 16, dtype=torch.int16, device=device)
+            if self._needs_copy()
+            else None,
         )
         self.register_buffer("updates", torch.zeros((), dtype=torch.int64, device=device))
-        self._copy_version: tuple[int, int] | None = None
+        if self._needs_copy() and self.backward == "double":
+            self.values.register_post_accumulate_grad_hook(self._count_update)
         weight = torch.empty(out_features, in_features, **factory)
         nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
         self.set_weight(weight)
@@ -132,7 +136,7 @@ class SparseLoRALinear(nn.Module):
         values, meta = sparsity.compress_2to4(pruned)
         self.values.copy_(values)
         self.meta.copy_(meta)
-        self._refresh_copy(choose_mask=True)
+        self.choose_backward_mask()
 
     @classmethod
     def from_weight(
@@ -206,44 +210,36 @@ class SparseLoRALinear(nn.Module):
 
     @property
     def adapter_active(self) -> bool:
-        return self.adapter is not None and bool(self.adapter_enabled)
+        return self._adapter_on
 
     def enable_adapter(self, enabled: bool = True) -> SparseLoRALinear:
         """Switch the adapter on (SLoPe turns it on for the last part of training). B starts at zero, so the
         output does not jump at the switch."""
         if enabled and self.adapter is None:
             raise RuntimeError("this layer has no adapter (adapter=None or rank=0)")
-        self.adapter_enabled.fill_(enabled)
+        self._adapter_on = bool(enabled)
+        self.adapter_enabled.fill_(self._adapter_on)
         return self
 
     # The backward copy.
 
     @torch.no_grad()
-    def _refresh_copy(self, choose_mask: bool) -> None:
+    def choose_backward_mask(self) -> None:
+        """(Re)choose the backward copy's mask from the current weight: for ``transposable`` the exact transpose
+        of the forward mask, for ``double`` Wsᵀ pruned 2:4 along N by magnitude (SLoPe)."""
         if not self._needs_copy():
             return
         ws_t = sparsity.decompress_2to4(self.values.detach(), self.meta).t().contiguous()  # [K, N]
-        if choose_mask:
-            # transposable: Wsᵀ is 2:4 already (exact); double: prune Wsᵀ 2:4 along N by magnitude.
-            _, bwd_meta = sparsity.compress_2to4(ws_t, strict=self.pattern == "transposable")
-            self.bwd_meta.copy_(bwd_meta)
-        self.bwd_values.copy_(sparsity.gather_2to4(ws_t, self.bwd_meta))
-        self._copy_version = (self.values._version, self.values.data_ptr())
+        self.bwd_meta.copy_(sparsity.compress_2to4(ws_t, strict=self.pattern == "transposable")[1])
 
-    def _sync_copy(self) -> None:
-        """Keep the backward copy in step with the weight: new values after every update of the weight, a new
-        mask every ``refresh_every`` updates (always the exact transpose for the transposable pattern)."""
-        if self._copy_version == (self.values._version, self.values.data_ptr()):
-            return
+    def _count_update(self, values: torch.Tensor) -> None:
+        # Runs after the weight's gradient is accumulated, outside any traced graph.
         self.updates += 1
-        self._refresh_copy(choose_mask=int(self.updates) % self.refresh_every == 0)
+        if int(self.updates) % self.refresh_every == 0:
+            self.choose_backward_mask()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lora = self.adapter_active and self.adapter == "lora"
-        bwd_values = bwd_meta = None
-        if self._needs_copy() and torch.is_grad_enabled():
-            self._sync_copy()
-            bwd_values, bwd_meta = self.bwd_values, self.bwd_meta
         y = sparse24_linear(
             x,
             self.values,
@@ -252,8 +248,8 @@ class SparseLoRALinear(nn.Module):
             self.lora_a if lora else None,
             self.lora_b if lora else None,
             self.scale,
-            bwd_values,
-            bwd_meta,
+            None,
+            self.bwd_meta,
         )
         if self.adapter_active and self.adapter == "pera":
             y = y + pera_adapter(x, self.lora_a, self.lora_b, self.lora_h, self.scale, self.pera_mode)
@@ -265,6 +261,11 @@ class SparseLoRALinear(nn.Module):
             f"adapter={_adapter_repr(self)}, pattern={self.pattern}, backward={self.backward}, "
             f"sparse_trainable={self.values.requires_grad}, backend={_dispatch.requested_backend()}"
         )
+
+
+def _sync_adapter_switch(module: nn.Module, incompatible_keys) -> None:
+    """After ``load_state_dict``: the Python mirror of the adapter switch follows the loaded buffer."""
+    module._adapter_on = module.adapter is not None and bool(module.adapter_enabled)
 
 
 def _init_adapter(module: nn.Module, adapter, rank, in_features, out_features, pera_mode, factory) -> None:
@@ -318,7 +319,9 @@ class PeraLinear(nn.Module):
         self.pera_mode = _choose("mode", mode, PERA_MODES)
         factory = {"device": base.weight.device, "dtype": base.weight.dtype}
         _init_adapter(self, "pera", rank, self.in_features, self.out_features, self.pera_mode, factory)
+        self._adapter_on = not lazy
         self.register_buffer("adapter_enabled", torch.tensor(not lazy, device=base.weight.device))
+        self.register_load_state_dict_post_hook(_sync_adapter_switch)
 
     @property
     def scale(self) -> float:
@@ -326,10 +329,11 @@ class PeraLinear(nn.Module):
 
     @property
     def adapter_active(self) -> bool:
-        return bool(self.adapter_enabled)
+        return self._adapter_on
 
     def enable_adapter(self, enabled: bool = True) -> PeraLinear:
-        self.adapter_enabled.fill_(enabled)
+        self._adapter_on = bool(enabled)
+        self.adapter_enabled.fill_(self._adapter_on)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -404,6 +408,7 @@ def sparsify(
             continue
         weight, _ = found
         out_features, in_features = weight.shape
+        origin = type(module)
         if in_features % 16 != 0:
             skipped.append(SkippedLayer(name, f"in_features={in_features} is not a multiple of 16"))
             continue
@@ -411,12 +416,39 @@ def sparsify(
         if needs_n16 and out_features % 16 != 0:
             skipped.append(SkippedLayer(name, f"out_features={out_features} is not a multiple of 16"))
             continue
-        targets.append((name, weight, found[1]))
+        targets.append((name, weight, found[1], origin))
     default_mask = kwargs.pop("mask", "magnitude")
-    for name, weight, bias in targets:
+    for name, weight, bias, origin in targets:
         mask = scores[name] if scores is not None and name in scores else default_mask
         layer = SparseLoRALinear.from_weight(weight, bias, rank=rank, mask=mask, **kwargs)
+        layer.dense_origin = origin
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, layer)
     return skipped
+
+
+def merge(model: nn.Module) -> nn.Module:
+    """Replace, in place, every ``SparseLoRALinear`` of ``model`` by a dense layer computing the same function
+    (adapter merged), for export: an ``nn.Linear``, or the Hugging Face ``Conv1D`` it was made from (weight
+    stored [in, out] again), so the model's state_dict has its original names and shapes. Returns ``model``."""
+    targets = [(name, m) for name, m in model.named_modules() if isinstance(m, SparseLoRALinear)]
+    for name, layer in targets:
+        dense = layer.to_linear()
+        origin = getattr(layer, "dense_origin", nn.Linear)
+        if origin is not nn.Linear and origin.__name__ == "Conv1D":
+            conv = origin(layer.out_features, layer.in_features).to(
+                device=dense.weight.device, dtype=dense.weight.dtype
+            )
+            with torch.no_grad():
+                conv.weight.copy_(dense.weight.t())
+                if dense.bias is not None:
+                    conv.bias.copy_(dense.bias)
+                else:
+                    conv.bias.zero_()
+            dense = conv
+        if not name:
+            return dense
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, dense)
+    return model

@@ -229,7 +229,7 @@ def _bad_calls():
         pytest.param(call(lora_a=torch.randn(4, 63)), r"lora_a must be \[r, K\] = \[4, 64\], got \[4, 63\]", id="A"),
         pytest.param(call(lora_b=torch.randn(32, 3)), r"lora_b must be \[N, r\] = \[32, 4\], got \[32, 3\]", id="B"),
         pytest.param(call(lora_b=None), r"lora_a and lora_b must be given together", id="A-only"),
-        pytest.param(call(bwd_meta=None), r"bwd_values and bwd_meta must be given together", id="bwd"),
+        pytest.param(call(bwd_meta=None), r"bwd_values needs its bwd_meta", id="bwd"),
         pytest.param(
             call(bwd_values=args["bwd_values"][:, :8]),
             r"bwd_values must be \[K, N/2\] = \[64, 16\], got \[64, 8\]",
@@ -330,24 +330,26 @@ def test_training_step_lowers_the_loss_and_keeps_the_pattern(device, pattern, ba
 
 
 def test_backward_copy_follows_the_weight(device):
+    """dx uses Wsᵀ of the current weight on the backward mask; the mask is re-chosen every refresh_every updates."""
     layer = perfkern.SparseLoRALinear(64, 32, rank=0, adapter=None, refresh_every=3, device=device)
     opt = torch.optim.SGD(layer.parameters(), lr=1.0)
-    x = torch.randn(16, 64, device=device)
+    x = torch.randn(16, 64, device=device, requires_grad=True)
     metas = [layer.bwd_meta.clone()]
-    for _ in range(6):
-        layer(x).square().sum().backward()
+    for step in range(1, 7):
+        grad = torch.randn(16, 32, device=device)
+        x.grad = None
+        layer(x).backward(grad)
+        ws_t = ref.decompress_2to4(layer.values.detach(), layer.meta).t().contiguous()
+        w_bwd = ref.decompress_2to4(ref.gather_2to4(ws_t, metas[-1]), metas[-1]).t()
+        torch.testing.assert_close(x.grad, grad @ w_bwd)  # the copy of this step's weight, on the mask in force
+        assert int(layer.updates) == step
+        if step % 3 == 0:  # a refreshing update chooses the mask from the weight it saw
+            assert torch.equal(layer.bwd_meta, ref.compress_2to4(ws_t)[1])
+        else:
+            assert torch.equal(layer.bwd_meta, metas[-1])
+        metas.append(layer.bwd_meta.clone())
         opt.step()
         opt.zero_grad()
-        layer(x)  # a forward after the update refreshes the copy
-        ws_t = ref.decompress_2to4(layer.values.detach(), layer.meta).t().contiguous()
-        torch.testing.assert_close(layer.bwd_values, ref.gather_2to4(ws_t, layer.bwd_meta))
-        metas.append(layer.bwd_meta.clone())
-    assert int(layer.updates) == 6
-    # The mask may change only on the refreshing updates (the 3rd and the 6th).
-    for i in (1, 2, 4, 5):
-        assert torch.equal(metas[i], metas[i - 1])
-    _, expected_meta = ref.compress_2to4(ws_t)
-    assert torch.equal(layer.bwd_meta, expected_meta)
 
 
 def test_transposable_backward_is_exact(device):

@@ -351,6 +351,9 @@ def _linear_backward(ctx, grad):
     dy_b = None if lora_a is None else dy @ lora_b  # [M, r]
     dx = d_values = d_bias = d_a = d_b = None
     if needs[0]:
+        if bwd_meta is not None and bwd_values is None:
+            # The double-pruned copy from the current weight: (Ws)ᵀ gathered onto the backward mask.
+            bwd_values = gather_2to4(decompress_2to4(values, meta).t().contiguous(), bwd_meta)
         if bwd_values is not None:
             dx = sparse24_mm(dy, bwd_values, bwd_meta, None, dy_b, None if dy_b is None else lora_a.t(), ctx.scale)
         else:

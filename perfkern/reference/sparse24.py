@@ -185,14 +185,17 @@ def sparse24_linear_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """(dx, dvalues, dbias, dA, dB) of ``sparse24_linear`` in fp32 (DESIGN §3.3).
 
-    dx = dy·Wbwd + s·(dy·B)·A with Wbwd = Ws, or the double-pruned copy when ``bwd_values``/``bwd_meta``
-    (= compress_2to4(Wbwdᵀ), [K, N] 2:4 along N) are given; dvalues = gather(dyᵀ·x, meta) (only the kept
+    dx = dy·Wbwd + s·(dy·B)·A with Wbwd = Ws, or the double-pruned copy when ``bwd_meta`` is given
+    (``bwd_values``/``bwd_meta`` = compress_2to4(Wbwdᵀ), [K, N] 2:4 along N; without ``bwd_values`` the copy is
+    Wsᵀ gathered onto ``bwd_meta``); dvalues = gather(dyᵀ·x, meta) (only the kept
     entries); db = Σ dy; dA = s·(dy·B)ᵀ·x; dB = s·dyᵀ·(x·Aᵀ)."""
     acc = _acc_dtype(x)
     k = x.shape[-1]
     dy = grad.reshape(-1, grad.shape[-1]).to(acc)
     xf = x.reshape(-1, k).to(acc)
-    if bwd_values is not None:
+    if bwd_meta is not None:
+        if bwd_values is None:
+            bwd_values = gather_2to4(decompress_2to4(values, meta).t().contiguous(), bwd_meta)
         w_bwd = decompress_2to4(bwd_values, bwd_meta).to(acc).t()
     else:
         w_bwd = decompress_2to4(values, meta).to(acc)
