@@ -109,8 +109,8 @@ class SparseLoRALinear(nn.Module):
             else None,
         )
         self.register_buffer("updates", torch.zeros((), dtype=torch.int64, device=device))
-        if self._needs_copy() and self.backward == "double":
-            self.values.register_post_accumulate_grad_hook(self._count_update)
+        self._watched: int | None = None
+        self._watch_updates()
         weight = torch.empty(out_features, in_features, **factory)
         nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
         self.set_weight(weight)
@@ -232,6 +232,17 @@ class SparseLoRALinear(nn.Module):
         ws_t = sparsity.decompress_2to4(self.values.detach(), self.meta).t().contiguous()  # [K, N]
         self.bwd_meta.copy_(sparsity.compress_2to4(ws_t, strict=self.pattern == "transposable")[1])
 
+    def _watch_updates(self) -> None:
+        """Count updates on the parameter autograd accumulates the weight's gradient into: ``values`` itself, or
+        under FSDP2 the unsharded parameter that ``fully_shard`` gathers it into (one object, reused every step).
+        A hook stays with its parameter object, so a new one (FSDP2's, a deepcopy's, an unpickled one) gets its
+        own at its first forward."""
+        values = self.values
+        if self.backward != "double" or not values.requires_grad or self._watched == id(values):
+            return
+        values.register_post_accumulate_grad_hook(self._count_update)
+        self._watched = id(values)
+
     def _count_update(self, values: torch.Tensor) -> None:
         # Runs after the weight's gradient is accumulated, outside any traced graph.
         self.updates += 1
@@ -239,6 +250,8 @@ class SparseLoRALinear(nn.Module):
             self.choose_backward_mask()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            self._watch_updates()
         lora = self.adapter_active and self.adapter == "lora"
         y = sparse24_linear(
             x,

@@ -407,3 +407,25 @@ def test_sparsify_converts_and_reports():
     model = _Block()
     perfkern.sparsify(model, include=["up"], backward="exact")
     assert isinstance(model.up, perfkern.SparseLoRALinear) and isinstance(model.down, nn.Linear)
+
+
+def test_output_can_be_modified_in_place_and_frozen_weights_work(device):
+    layer = perfkern.SparseLoRALinear(64, 32, rank=4, lazy=False, device=device)
+    x = torch.randn(2, 5, 64, device=device, requires_grad=True)
+    h = layer(x)
+    h += 1.0  # as nn.Linear's output allows
+    h.sum().backward()
+    assert x.grad is not None
+    frozen = perfkern.SparseLoRALinear(64, 32, rank=4, lazy=False, train_sparse=False, device=device)
+    frozen(x).sum().backward()
+    assert frozen.values.grad is None and frozen.lora_a.grad is not None and int(frozen.updates) == 0
+
+
+def test_copies_keep_counting_updates(device):
+    import copy
+
+    layer = copy.deepcopy(perfkern.SparseLoRALinear(64, 32, rank=0, adapter=None, refresh_every=2, device=device))
+    x = torch.randn(4, 64, device=device)
+    for _ in range(2):
+        layer(x).sum().backward()
+    assert int(layer.updates) == 2

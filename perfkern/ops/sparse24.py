@@ -323,10 +323,12 @@ def sparse24_linear(
     bwd_values: torch.Tensor | None,
     bwd_meta: torch.Tensor | None,
 ) -> torch.Tensor:
-    x2 = x.reshape(-1, x.shape[-1])
+    x2 = rows_contiguous(x.reshape(-1, x.shape[-1]))
     lora_t = None if lora_a is None else x2 @ lora_a.t()
-    y = sparse24_mm(x2, values, meta, bias, lora_t, lora_b, scale)
-    return y.view(*x.shape[:-1], values.shape[0])
+    # Written through a 2-D view of an output that is not itself a view, so callers may modify it in place.
+    out = empty((*x.shape[:-1], values.shape[0]), x.dtype, x.device)
+    _dispatch.run(MM, x.device, x2, values, meta, bias, lora_t, lora_b, scale, out.view(-1, values.shape[0]))
+    return out
 
 
 @sparse24_linear.register_fake
