@@ -1,9 +1,9 @@
 """The drop-in layer (DESIGN §4): ``SparseLoRALinear`` and ``sparsify``.
 
 A 2:4 sparse weight stored in the canonical compressed format (plain tensors: DDP, FSDP and ``state_dict``
-see ordinary parameters and buffers), a bias, and a low-rank adapter that can stay off (costing nothing) until
-``enable_adapter()``, SLoPe's lazy schedule. With ``backward="double"`` the input gradient uses SLoPe's
-double-pruned copy of the weight.
+see ordinary parameters and buffers; the int16 metadata is held as its bytes, see ``SparseLoRALinear``), a bias,
+and a low-rank adapter that can stay off (costing nothing) until ``enable_adapter()``, SLoPe's lazy schedule.
+With ``backward="double"`` the input gradient uses SLoPe's double-pruned copy of the weight.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ __all__ = ["SparseLoRALinear", "PeraLinear", "sparsify", "merge", "SkippedLayer"
 
 _PATTERNS = ("row", "transposable")
 _BACKWARDS = ("double", "exact")
+# The int16 metadata, by its public name, is stored in a uint8 buffer of the same bytes under this name.
+_META_BYTES = {"meta": "meta_bytes", "bwd_meta": "bwd_meta_bytes"}
+_META_NAMES = {stored: public for public, stored in _META_BYTES.items()}
 
 
 def _choose(name: str, value: str, allowed: tuple[str, ...]) -> str:
@@ -49,6 +52,11 @@ class SparseLoRALinear(nn.Module):
         refresh_every: with ``backward="double"``, how many weight gradients (training steps) between re-choosing
             the backward copy's mask by magnitude. The copy's values are taken from the current weight at every
             backward, so they always follow it.
+
+    The metadata ``meta`` [out, in/16] and ``bwd_meta`` [in, out/16] read as int16 tensors, as the ops take them,
+    and ``state_dict`` holds them as such under those names. They are stored as uint8 buffers of the same bytes
+    (``meta_bytes`` [out, in/8], ``bwd_meta_bytes`` [in, out/8]), of which ``meta`` and ``bwd_meta`` are views:
+    collective backends have no int16 type, and DDP broadcasts every buffer.
     """
 
     def __init__(
@@ -93,7 +101,9 @@ class SparseLoRALinear(nn.Module):
         factory = {"device": device, "dtype": dtype}
 
         self.values = nn.Parameter(torch.empty(out_features, in_features // 2, **factory), requires_grad=train_sparse)
-        self.register_buffer("meta", torch.zeros(out_features, in_features // 16, dtype=torch.int16, device=device))
+        self.register_buffer(
+            "meta_bytes", torch.zeros(out_features, in_features // 8, dtype=torch.uint8, device=device)
+        )
         self.bias = nn.Parameter(torch.zeros(out_features, **factory)) if bias else None
         _init_adapter(self, self.adapter, self.rank, in_features, out_features, self.pera_mode, factory)
         # The switch is saved as a buffer and mirrored in a Python bool, which forward reads (a traced forward then
@@ -103,8 +113,8 @@ class SparseLoRALinear(nn.Module):
         self.register_load_state_dict_post_hook(_sync_adapter_switch)
         # The backward copy's mask is state (saved); its values come from the weight at every backward.
         self.register_buffer(
-            "bwd_meta",
-            torch.zeros(in_features, out_features // 16, dtype=torch.int16, device=device)
+            "bwd_meta_bytes",
+            torch.zeros(in_features, out_features // 8, dtype=torch.uint8, device=device)
             if self._needs_copy()
             else None,
         )
@@ -121,6 +131,65 @@ class SparseLoRALinear(nn.Module):
     @property
     def scale(self) -> float:
         return self.alpha / self.rank if self.rank else 0.0
+
+    # The metadata: int16 views of the uint8 buffers, in the module and in its state_dict.
+
+    @property
+    def meta(self) -> torch.Tensor:
+        """The forward mask's metadata [out, in/16] int16 (a view of ``meta_bytes``)."""
+        return self.meta_bytes.view(torch.int16)
+
+    @meta.setter
+    def meta(self, value: torch.Tensor) -> None:
+        self.meta_bytes = _meta_bytes(value, (self.out_features, self.in_features // 16), "meta")
+
+    @property
+    def bwd_meta(self) -> torch.Tensor | None:
+        """The backward copy's metadata [in, out/16] int16 (a view of ``bwd_meta_bytes``), or None."""
+        stored = self.bwd_meta_bytes
+        return None if stored is None else stored.view(torch.int16)
+
+    @bwd_meta.setter
+    def bwd_meta(self, value: torch.Tensor) -> None:
+        if self.bwd_meta_bytes is None:
+            raise AttributeError("this layer has no backward copy (backward='exact', pattern='row')")
+        self.bwd_meta_bytes = _meta_bytes(value, (self.in_features, self.out_features // 16), "bwd_meta")
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        local: dict = {}
+        super()._save_to_state_dict(local, prefix, keep_vars)
+        for key, value in local.items():
+            public = _META_NAMES.get(key[len(prefix) :])
+            if public is not None:
+                key, value = prefix + public, value.view(torch.int16)
+            destination[key] = value
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        rejected = set()
+        for public, stored in _META_BYTES.items():
+            key = prefix + public
+            buffer = self._buffers.get(stored)
+            if key not in state_dict or buffer is None:
+                continue
+            value = state_dict.pop(key)
+            shape = (buffer.shape[0], buffer.shape[1] // 2)
+            if not isinstance(value, torch.Tensor) or value.dtype != torch.int16 or tuple(value.shape) != shape:
+                got = f"{value.dtype} {list(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+                error_msgs.append(f"size mismatch for {key}: expected int16 {list(shape)}, got {got}.")
+                rejected.add(prefix + stored)
+                continue
+            state_dict[prefix + stored] = value.contiguous().view(torch.uint8)
+        first_missing = len(missing_keys)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        missing_keys[first_missing:] = [
+            prefix + _META_NAMES.get(key[len(prefix) :], key[len(prefix) :])
+            for key in missing_keys[first_missing:]
+            if key not in rejected
+        ]
 
     # Building and exporting.
 
@@ -274,6 +343,13 @@ class SparseLoRALinear(nn.Module):
             f"adapter={_adapter_repr(self)}, pattern={self.pattern}, backward={self.backward}, "
             f"sparse_trainable={self.values.requires_grad}, backend={_dispatch.requested_backend()}"
         )
+
+
+def _meta_bytes(value: torch.Tensor, shape: tuple[int, int], name: str) -> torch.Tensor:
+    """The uint8 buffer holding the int16 metadata ``value`` of ``shape`` (sharing its storage when contiguous)."""
+    if not isinstance(value, torch.Tensor) or value.dtype != torch.int16 or tuple(value.shape) != shape:
+        raise TypeError(f"{name} must be an int16 tensor of shape {list(shape)}")
+    return value.contiguous().view(torch.uint8)
 
 
 def _sync_adapter_switch(module: nn.Module, incompatible_keys) -> None:

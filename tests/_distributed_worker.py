@@ -147,14 +147,9 @@ def _teardown() -> None:
 # DDP.
 
 
-def ddp_ignored_buffers(model: nn.Module) -> list[str]:
-    """The buffers gloo cannot broadcast (it has no int16 type): the 2:4 metadata."""
-    return [name for name, b in model.named_buffers() if b.dtype == torch.int16]
-
-
 def ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    """DDP with the int16 buffers left out of its broadcasts (they are identical by construction); then whether
-    plain ``DistributedDataParallel(model)`` can be built at all."""
+    """Plain ``DistributedDataParallel(model)`` (it broadcasts every buffer, the 2:4 metadata included, at
+    construction and before every forward); then, on a group of its own, whether it can be built at all."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     _setup(rank, world, f"tcp://127.0.0.1:{port}")
@@ -162,7 +157,6 @@ def ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         result: dict = {}
         for opt_name in OPTIMIZERS:
             model = build_model()
-            DDP._set_params_and_buffers_to_ignore_for_model(model, ddp_ignored_buffers(model))
             ddp = DDP(model)
             result[opt_name] = train(model, make_optimizer(opt_name, ddp), rank, world, forward=ddp)
             result[opt_name]["probe"] = probe(model, forward=ddp)

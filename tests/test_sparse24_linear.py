@@ -306,6 +306,38 @@ def test_state_dict_round_trip(device):
     assert torch.equal(fresh.bwd_meta, layer.bwd_meta) and fresh.adapter_active
 
 
+def test_metadata_is_stored_as_bytes(device):
+    """The int16 metadata lives in uint8 buffers (collective backends have no int16): ``meta``/``bwd_meta`` are
+    int16 views of them, writes through a view reach the buffer, and ``state_dict`` keeps the int16 format."""
+    layer = perfkern.SparseLoRALinear.from_linear(_linear(device=device), rank=4, lazy=False)
+    buffers = dict(layer.named_buffers())
+    assert buffers["meta_bytes"].dtype == torch.uint8 and buffers["meta_bytes"].shape == (32, 8)
+    assert buffers["bwd_meta_bytes"].dtype == torch.uint8 and buffers["bwd_meta_bytes"].shape == (64, 4)
+    assert not any(b.dtype == torch.int16 for b in buffers.values())
+    assert layer.meta.dtype == torch.int16 and layer.meta.shape == (32, 4)
+    assert layer.bwd_meta.dtype == torch.int16 and layer.bwd_meta.shape == (64, 2)
+    assert torch.equal(layer.meta_bytes.view(torch.int16), layer.meta)
+
+    state = layer.state_dict()
+    assert state["meta"].dtype == torch.int16 and state["bwd_meta"].shape == (64, 2)
+    assert list(state)[:5] == ["values", "bias", "lora_a", "lora_b", "meta"], "the keys keep their order"
+    saved = {k: v.clone() for k, v in state.items()}
+    layer.bwd_meta.zero_()
+    assert not layer.bwd_meta_bytes.any()
+    layer.load_state_dict(saved, assign=True)
+    assert layer.meta_bytes.dtype == torch.uint8 and torch.equal(layer.bwd_meta, saved["bwd_meta"])
+
+    wrong = {**saved, "meta": saved["meta"].int()}
+    with pytest.raises(RuntimeError, match=r"size mismatch for meta: expected int16 \[32, 4\]"):
+        layer.load_state_dict(wrong)
+    missing = {k: v for k, v in saved.items() if k != "bwd_meta"}
+    assert layer.load_state_dict(missing, strict=False).missing_keys == ["bwd_meta"]
+    with pytest.raises(TypeError, match=r"meta must be an int16 tensor of shape \[32, 4\]"):
+        layer.meta = saved["meta"].int()
+    layer.meta = saved["meta"].clone()
+    assert layer.meta_bytes.dtype == torch.uint8 and torch.equal(layer.meta, saved["meta"])
+
+
 @pytest.mark.parametrize("pattern,backward", [("row", "double"), ("row", "exact"), ("transposable", "exact")])
 def test_training_step_lowers_the_loss_and_keeps_the_pattern(device, pattern, backward):
     torch.manual_seed(0)

@@ -241,17 +241,21 @@ def cuda_mm_unsupported(x: torch.Tensor, values: torch.Tensor) -> str | None:
 
 
 def _mma_meta(meta: torch.Tensor) -> torch.Tensor:
-    """The kernel's metadata layout, derived from the canonical meta once and cached on the meta tensor itself
-    (so it dies with it), rebuilt whenever the meta is written in place."""
-    cached = getattr(meta, "_perfkern_mma_meta", None)
-    if cached is not None and cached[0] == meta._version:
+    """The kernel's metadata layout, derived from the canonical meta once and cached on the meta's storage (so it
+    dies with it), rebuilt whenever that storage is written in place. Cached on the storage, not the tensor: a
+    ``SparseLoRALinear`` passes a fresh int16 view of its uint8 buffer at every call (a view shares its storage's
+    version counter, so a write through the buffer or any view of it is seen)."""
+    storage = meta.untyped_storage()
+    key = (meta._version, meta.data_ptr(), tuple(meta.shape), meta.stride())
+    cached = getattr(storage, "_perfkern_mma_meta", None)
+    if cached is not None and cached[0] == key:
         return cached[1]
     module = _ext.require()
     rows, cols = meta.shape
     out = torch.empty(module.sparse24_mma_meta_size(rows, cols), dtype=torch.int16, device=meta.device)
     module.sparse24_meta_to_mma(meta.contiguous().data_ptr(), out.data_ptr(), rows, cols, meta.device.index,
                                 _ext.stream_of(meta))  # fmt: skip
-    meta._perfkern_mma_meta = (meta._version, out)
+    storage._perfkern_mma_meta = (key, out)
     return out
 
 
