@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fnmatch
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -52,24 +51,10 @@ DEFAULT_EXCLUDE: tuple[str, ...] = ("lm_head", "*.lm_head")
 # Layers, batches and the model's state.
 
 
-def _check_patterns(name: str, patterns: Patterns | None) -> None:
-    if isinstance(patterns, str):
-        raise TypeError(f"{name} must be a list of fnmatch patterns, got the string {patterns!r}; use [{patterns!r}]")
-
-
 def _linear_layers(model: nn.Module, include: Patterns | None, exclude: Patterns) -> list[tuple[str, nn.Module]]:
-    """(qualified name, module) of every ``nn.Linear`` / ``Conv1D`` that ``include`` and ``exclude`` select."""
-    _check_patterns("include", include)
-    _check_patterns("exclude", exclude)
-    found = []
-    for name, module in model.named_modules():
-        if not name or _layers._dense_weight(module) is None:
-            continue
-        if include is not None and not any(fnmatch.fnmatch(name, p) for p in include):
-            continue
-        if any(fnmatch.fnmatch(name, p) for p in exclude):
-            continue
-        found.append((name, module))
+    """(qualified name, module) of every ``nn.Linear`` / ``Conv1D`` that ``include`` and ``exclude`` select (as
+    ``sparsify`` selects them); an error if there is none."""
+    found = _layers.select_linear_layers(model, include, exclude)
     if not found:
         raise ValueError(
             f"no nn.Linear or Conv1D layer of the model matches include={include!r} and exclude={tuple(exclude)!r}"
@@ -471,7 +456,7 @@ def _blocks(model: nn.Module, blocks: Sequence[str] | None) -> list[tuple[str, n
         else:
             raise ValueError("granularity='block' needs blocks=[qualified names]: the model has no nn.ModuleList")
     else:
-        _check_patterns("blocks", blocks)
+        _layers.check_patterns("blocks", blocks)
         names = list(blocks)
     found = []
     for i, name in enumerate(names):

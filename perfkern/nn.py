@@ -470,6 +470,33 @@ def _dense_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]
     return None
 
 
+def check_patterns(name: str, patterns) -> None:
+    """A lone string is a common slip for a list of fnmatch patterns: say so rather than match its characters."""
+    if isinstance(patterns, str):
+        raise TypeError(f"{name} must be a list of fnmatch patterns, got the string {patterns!r}; use [{patterns!r}]")
+
+
+def select_linear_layers(
+    model: nn.Module,
+    include: list[str] | tuple[str, ...] | None = None,
+    exclude: list[str] | tuple[str, ...] = ("lm_head", "*.lm_head"),
+) -> list[tuple[str, nn.Module]]:
+    """(qualified name, module) of every ``nn.Linear`` and Hugging Face ``Conv1D`` of ``model`` whose name matches
+    an ``include`` fnmatch pattern (default: all) and no ``exclude`` pattern."""
+    check_patterns("include", include)
+    check_patterns("exclude", exclude)
+    found = []
+    for name, module in model.named_modules():
+        if not name or _dense_weight(module) is None:
+            continue
+        if include is not None and not any(fnmatch.fnmatch(name, p) for p in include):
+            continue
+        if any(fnmatch.fnmatch(name, p) for p in exclude):
+            continue
+        found.append((name, module))
+    return found
+
+
 def sparsify(
     model: nn.Module,
     rank: int = 16,
@@ -487,14 +514,8 @@ def sparsify(
     Returns the layers left dense with the reason for each (excluded ones are not listed)."""
     skipped: list[SkippedLayer] = []
     targets = []
-    for name, module in model.named_modules():
+    for name, module in select_linear_layers(model, include, exclude):
         found = _dense_weight(module)
-        if found is None or not name:
-            continue
-        if include is not None and not any(fnmatch.fnmatch(name, p) for p in include):
-            continue
-        if any(fnmatch.fnmatch(name, p) for p in exclude):
-            continue
         weight, _ = found
         out_features, in_features = weight.shape
         origin = type(module)
