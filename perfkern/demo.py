@@ -238,12 +238,13 @@ def plot(results: list[Result], path: str, args: argparse.Namespace) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     window = max(1, args.steps // 25)
+    styles = {"dense": "-", "slope": "--", "pera": ":", "dendrites": "-."}  # variants overlap until they diverge
     for r in results:
         steps = [s for s, _ in r.losses]
         values = [v for _, v in r.losses]
         smooth = [sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1])
                   for i in range(len(values))]  # fmt: skip
-        ax.plot(steps, smooth, label=f"{r.variant} (val {r.val_loss:.3f})")
+        ax.plot(steps, smooth, styles.get(r.variant, "-"), lw=1.6, label=f"{r.variant} (val {r.val_loss:.3f})")
     if args.variants != ["dense"]:
         ax.axvline(int(args.steps * (1 - args.adapter_fraction)), color="grey", lw=0.8, ls="--")
         ax.text(int(args.steps * (1 - args.adapter_fraction)), ax.get_ylim()[1], " adapters on", va="top", fontsize=8)
