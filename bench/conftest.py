@@ -14,15 +14,18 @@ def record(benchmark):
     """Time ``fn`` and ``baseline_fn`` side by side, store both and their ratio in ``extra_info``, then hand ``fn``
     to pytest-benchmark."""
 
-    def run(op: str, shape: str, provider: str, fn, baseline: str, baseline_fn, bytes_moved: int | None = None,
-            others: dict | None = None):  # fmt: skip
-        """``others``: more baselines {name: fn}, each timed here too; their speedups go to extra_info["others"]."""
+    def run(op: str, shape: str, provider: str, fn, baseline: str | None, baseline_fn, bytes_moved: int | None = None,
+            others: dict | None = None, flops: float | None = None):  # fmt: skip
+        """``others``: more baselines {name: fn}, each timed here too; their speedups go to extra_info["others"].
+        ``baseline=None`` records a measurement with nothing to compare (the floors)."""
         ms = measure_ms(fn)
-        baseline_ms = measure_ms(baseline_fn)
-        benchmark.extra_info.update(
-            op=op, shape=shape, provider=provider, ms=ms, baseline=baseline, baseline_ms=baseline_ms,
-            speedup=baseline_ms / ms, device=device_name(), torch=torch.__version__,
-        )  # fmt: skip
+        benchmark.extra_info.update(op=op, shape=shape, provider=provider, ms=ms, device=device_name(),
+                                    torch=torch.__version__)  # fmt: skip
+        if baseline is not None:
+            baseline_ms = measure_ms(baseline_fn)
+            benchmark.extra_info.update(baseline=baseline, baseline_ms=baseline_ms, speedup=baseline_ms / ms)
+        if flops is not None:
+            benchmark.extra_info["tflops"] = flops / ms / 1e9
         if bytes_moved is not None:
             benchmark.extra_info["gbps"] = bytes_moved / ms / 1e6
         if others:

@@ -20,6 +20,10 @@ def main(path: str) -> None:
     print("-" * len(header))
     for r in rows:
         gbps = f"{r['gbps']:.0f}" if "gbps" in r else "-"
+        if "baseline" not in r:
+            rate = f"{r['tflops']:.2f} TFLOP/s" if "tflops" in r else ""
+            print(f"{r['op']:<18} {r['shape']:<12} {r['provider']:<10} {r['ms']:>9.3f} {gbps:>8} {'':>22}  {rate}")
+            continue
         print(f"{r['op']:<18} {r['shape']:<12} {r['provider']:<10} {r['ms']:>9.3f} {gbps:>8} "
               f"{r['baseline_ms']:>12.3f} {r['speedup']:>7.2f}x  {r['baseline']}")  # fmt: skip
         for name, other in r.get("others", {}).items():
