@@ -39,6 +39,8 @@ import torch
 import triton
 import triton.language as tl
 
+from perfkern.ops._common import nonempty, rows_contiguous
+
 
 @triton.jit
 def _dendrite_chan(count, rows, mean_v, m2_v, co, mean_e, m2_e, b_mean_v, b_m2_v, b_co, b_mean_e, b_m2_e):
@@ -371,11 +373,6 @@ def _blocks(layers: int, p: int, c: int, n: int, dtype: torch.dtype, device: tor
     return _Blocks(block_p, block_c, block_n, triton.cdiv(p, rows_per_split), rows_per_split, warps)
 
 
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    """``t`` with unit last-dimension stride (any other strides), copied only when it has another."""
-    return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
-
-
 def _check_out(name: str, t: torch.Tensor, shape: tuple[int, ...]) -> None:
     if tuple(t.shape) != shape or t.dtype != torch.float32 or not t.is_contiguous():
         raise ValueError(
@@ -397,11 +394,6 @@ def _check_inputs(values: torch.Tensor, errors: torch.Tensor) -> None:
         raise ValueError(
             f"values and errors must share one dtype of float32, float16, bfloat16, got {values.dtype}, {errors.dtype}"
         )
-
-
-def _nonempty(t: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
-    """Triton cannot take the null pointer of an empty tensor; an empty one is never dereferenced."""
-    return t if t.numel() > 0 else fallback
 
 
 def stats(
@@ -432,7 +424,7 @@ def stats(
         for t in (v_mean, e_mean, cov, v_var, e_var):
             t.fill_(float("nan"))
         return
-    values, errors = _rows(values), _rows(errors)
+    values, errors = rows_contiguous(values), rows_contiguous(errors)
     blocks = _blocks(layers, p, c, n, values.dtype, values.device)
     grid_cn = triton.cdiv(n, blocks.block_n) * triton.cdiv(max(c, 1), blocks.block_c)
     split = blocks.splits > 1
@@ -441,17 +433,17 @@ def stats(
     if split:
         part_v = torch.empty((blocks.splits, layers, 3, c, n), dtype=torch.float32, device=values.device)
         part_e = torch.empty((blocks.splits, layers, 2, n), dtype=torch.float32, device=values.device)
-    v_arg = _nonempty(values, errors)
-    outs = [_nonempty(t, e_mean) for t in (v_mean, e_mean, cov, v_var, e_var)]
+    v_arg = nonempty(values, errors)
+    outs = [nonempty(t, e_mean) for t in (v_mean, e_mean, cov, v_var, e_var)]
     _dendrite_stats_fwd_kernel[(grid_cn, blocks.splits, layers)](
-        v_arg, errors, _nonempty(part_v, errors), part_e, *outs, layers, p, c, n, blocks.rows_per_split,
+        v_arg, errors, nonempty(part_v, errors), part_e, *outs, layers, p, c, n, blocks.rows_per_split,
         values.stride(0), values.stride(1), values.stride(2), errors.stride(0), errors.stride(1),
         SPLIT=split, BLOCK_P=blocks.block_p, BLOCK_C=blocks.block_c, BLOCK_N=blocks.block_n,
         num_warps=blocks.warps,
     )  # fmt: skip
     if split:
         _dendrite_merge_fwd_kernel[(grid_cn, layers)](
-            v_arg, errors, _nonempty(part_v, errors), part_e, *outs, layers, p, c, n,
+            v_arg, errors, nonempty(part_v, errors), part_e, *outs, layers, p, c, n,
             blocks.splits, blocks.rows_per_split, values.stride(0), values.stride(2), errors.stride(0),
             BLOCK_C=blocks.block_c, BLOCK_N=blocks.block_n, num_warps=blocks.warps,
         )  # fmt: skip
@@ -479,7 +471,7 @@ def grad(
         raise ValueError(f"out must have unit last-dimension stride, got strides {tuple(out.stride())}")
     if out.numel() == 0:
         return
-    values, errors = _rows(values), _rows(errors)
+    values, errors = rows_contiguous(values), rows_contiguous(errors)
     v_mean, e_mean, alpha = v_mean.float().contiguous(), e_mean.float().contiguous(), alpha.float().contiguous()
     has_beta = beta is not None
     beta_arg = beta.float().contiguous() if has_beta else alpha

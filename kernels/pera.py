@@ -36,6 +36,8 @@ import torch
 import triton
 import triton.language as tl
 
+from perfkern.ops._common import nonempty, rows_contiguous
+
 
 @triton.jit
 def _pera_index(idx_ptr, q, R, RH):
@@ -524,20 +526,9 @@ def _splits(programs: int, m: int, block_m: int, device: torch.device) -> tuple[
     return triton.cdiv(m, per_split), per_split
 
 
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    """``t`` with unit column stride (any row stride), copied only when it has another."""
-    return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
-
-
 def _check_out(name: str, t: torch.Tensor) -> None:
     if t.shape[-1] > 1 and t.stride(-1) != 1:
         raise ValueError(f"{name} must have unit column stride, got strides {tuple(t.stride())}")
-
-
-def _nonempty(t: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
-    """Triton cannot take the null pointer of an empty tensor; an empty h or dh (cross mode, r = 1) is never
-    dereferenced, so any tensor stands in."""
-    return t if t.numel() > 0 else fallback
 
 
 def _z(x: torch.Tensor, lora_a: torch.Tensor, h: torch.Tensor, index: torch.Tensor, z: torch.Tensor) -> None:
@@ -547,7 +538,7 @@ def _z(x: torch.Tensor, lora_a: torch.Tensor, h: torch.Tensor, index: torch.Tens
     block_m, block_k, block_p, warps = _blocks("z", x.dtype, m, k, r_hat)
     grid = (triton.cdiv(r_hat, block_p), triton.cdiv(m, block_m))
     _pera_z_fwd_kernel[grid](
-        x, lora_a, _nonempty(h, lora_a), index, z, m, k, r, r_hat,
+        x, lora_a, nonempty(h, lora_a), index, z, m, k, r, r_hat,
         x.stride(0), lora_a.stride(0), z.stride(0),
         DOT=_dot_dtype(x.dtype), BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_P=block_p, num_warps=warps,
     )  # fmt: skip
@@ -567,7 +558,7 @@ def adapter(
     lora_b [N, r], h [|P|] of ``mode``, all of one float dtype; fp32 accumulation. Inputs of any strides are
     taken; out has unit column stride. ``z`` [M, r + |P|] with unit column stride (``intermediate_dtype(x.dtype)``
     or fp32), if given, receives Z = x·Âᵀ so that ``adapter_backward`` need not read x for it again."""
-    x, lora_a, lora_b, h = _rows(x), _rows(lora_a), _rows(lora_b), h.contiguous()
+    x, lora_a, lora_b, h = rows_contiguous(x), rows_contiguous(lora_a), rows_contiguous(lora_b), h.contiguous()
     _check_out("out", out)
     if z is not None:
         _check_out("z", z)
@@ -628,11 +619,17 @@ def adapter_backward(
     with Z = x·Âᵀ and G_s = s·G, dZ = G_s·B̂, dx = dZ·Â, dÂ = dZᵀ·x and dB̂ = G_sᵀ·Z, folded into dA, dh and
     dB as in ``perfkern.reference.pera.pera_adapter_backward``. Inputs of any strides are taken; the outputs
     have unit column stride. ``z`` is the forward's Z, if the caller kept it."""
-    grad, x, lora_a, lora_b, h = _rows(grad), _rows(x), _rows(lora_a), _rows(lora_b), h.contiguous()
+    grad, x, lora_a, lora_b, h = (
+        rows_contiguous(grad),
+        rows_contiguous(x),
+        rows_contiguous(lora_a),
+        rows_contiguous(lora_b),
+        h.contiguous(),
+    )
     for name, t in (("dx", dx), ("d_a", d_a), ("d_b", d_b), ("d_h", d_h)):
         _check_out(name, t)
     if z is not None:
-        z = _rows(z)
+        z = rows_contiguous(z)
     m, k = x.shape
     n = grad.shape[1]
     r = lora_a.shape[0]
@@ -644,7 +641,7 @@ def adapter_backward(
         for t in (dx, d_a, d_b, d_h):
             t.zero_()
         return
-    h_arg = _nonempty(h, lora_a)
+    h_arg = nonempty(h, lora_a)
     dot = _dot_dtype(x.dtype)
     if z is None:
         z = _intermediate(m, r_hat, x.dtype, device)
@@ -676,7 +673,7 @@ def adapter_backward(
     part_a = _partials(chunks * splits, (r, k), d_a)
     part_h = _partials(k_tiles * splits, (d_h.shape[0],), d_h)
     _pera_da_bwd_kernel[(chunks, k_tiles, splits)](
-        x, d_z, lora_a, h_arg, index, part_a, _nonempty(part_h, lora_a), m, k, r, r_hat, per_split,
+        x, d_z, lora_a, h_arg, index, part_a, nonempty(part_h, lora_a), m, k, r, r_hat, per_split,
         x.stride(0), d_z.stride(0), lora_a.stride(0), part_a.stride(0), part_a.stride(1), part_h.stride(0),
         DOT=dot, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_P=block_p, num_warps=warps,
     )  # fmt: skip
@@ -697,7 +694,7 @@ def delta_weight(
 ) -> None:
     """out [N, K] = s·B̂·Â for lora_a [r, K], lora_b [N, r], h [|P|] of ``mode``, all of one float dtype; fp32
     accumulation. Inputs of any strides are taken; out has unit column stride."""
-    lora_a, lora_b, h = _rows(lora_a), _rows(lora_b), h.contiguous()
+    lora_a, lora_b, h = rows_contiguous(lora_a), rows_contiguous(lora_b), h.contiguous()
     _check_out("out", out)
     n, k = out.shape
     r = lora_a.shape[0]
@@ -708,7 +705,7 @@ def delta_weight(
     block_n, block_k, block_p, warps = _blocks("delta", lora_a.dtype, n, k, r_hat)
     grid = (triton.cdiv(k, block_k), triton.cdiv(n, block_n))
     _pera_delta_fwd_kernel[grid](
-        lora_a, lora_b, _nonempty(h, lora_a), index, out, n, k, r, r_hat, float(scale),
+        lora_a, lora_b, nonempty(h, lora_a), index, out, n, k, r, r_hat, float(scale),
         lora_a.stride(0), lora_b.stride(0), out.stride(0),
         DOT=_dot_dtype(lora_a.dtype), BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_P=block_p, num_warps=warps,
     )  # fmt: skip

@@ -129,7 +129,7 @@ class DendriteLayer(nn.Module):
             self.register_parameter("cand_w", None)
         self.reset_candidates()
         self.tracking = False
-        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._pending: torch.Tensor | None = None
         self.state: CorrelationState | None = None
         self.index: int = 0
 
@@ -167,13 +167,12 @@ class DendriteLayer(nn.Module):
             values = self._candidate_values(x.detach().reshape(-1, self.in_features))
             if not out.requires_grad:
                 out = out.detach().requires_grad_(True)
-            self._pending = (values, out)
+            self._pending = values
             out.register_hook(self._on_error)
         return out
 
     def _on_error(self, grad: torch.Tensor) -> None:
-        values, _ = self._pending
-        self._pending = None
+        values, self._pending = self._pending, None
         errors = grad.detach().reshape(-1, self.out_features).to(values.dtype)
         d_values = self.state.update_layer(self.index, values.detach(), errors)
         values.backward(d_values)

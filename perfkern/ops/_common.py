@@ -63,5 +63,12 @@ def check_same_device(**tensors: torch.Tensor) -> None:
 
 
 def rows_contiguous(t: torch.Tensor) -> torch.Tensor:
-    """``t`` with unit column stride (row stride free), copying only when needed."""
-    return t if t.stride(-1) == 1 else t.contiguous()
+    """``t`` with unit last-dimension stride (other strides free), copying only when needed: a last dimension of
+    size 0 or 1 is never stepped along, so its stride does not matter."""
+    return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
+
+
+def nonempty(t: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+    """``t``, or ``fallback`` when ``t`` is empty: Triton cannot take an empty tensor's null pointer, and a kernel
+    never dereferences a pointer to an empty operand, so any tensor stands in."""
+    return t if t.numel() > 0 else fallback

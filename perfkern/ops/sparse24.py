@@ -231,7 +231,7 @@ def _ref_weight_grad(dy, x, meta, out_values):
     out_values.copy_(ref.gather_2to4(dy.float().t() @ x.float(), meta))
 
 
-def cuda_mm_unsupported(x: torch.Tensor, values: torch.Tensor) -> str | None:
+def cuda_mm_unsupported(x: torch.Tensor) -> str | None:
     """Why the sparse-tensor-core kernel cannot take this call, or None."""
     if x.dtype not in (torch.float16, torch.bfloat16):
         return f"the cuda sparse24_mm runs float16/bfloat16 (sparse tensor cores), got {x.dtype}"
@@ -260,7 +260,7 @@ def _mma_meta(meta: torch.Tensor) -> torch.Tensor:
 
 
 def _cuda_mm(x, values, meta, bias, lora_t, lora_b, scale, out):
-    reason = cuda_mm_unsupported(x, values)
+    reason = cuda_mm_unsupported(x)
     if reason is not None:
         raise _dispatch.BackendUnavailableError(reason)
     m, k = x.shape
