@@ -159,7 +159,7 @@ void sparse24_mm(uintptr_t x, uintptr_t values, uintptr_t meta_mma, uintptr_t bi
                  uintptr_t out, int64_t m, int64_t n, int64_t k, int64_t r, double scale, int64_t x_row_stride,
                  int64_t values_row_stride, int64_t bias_stride, int64_t t_stride0, int64_t t_stride1,
                  int64_t b_stride0, int64_t b_stride1, int64_t out_row_stride, int dtype, int device,
-                 uintptr_t stream) {
+                 uintptr_t stream, int kernel) {
   perfkern_sparse24_mm_params_t p{};
   p.x = as_ptr<const void>(x);
   p.values = as_ptr<const void>(values);
@@ -183,6 +183,7 @@ void sparse24_mm(uintptr_t x, uintptr_t values, uintptr_t meta_mma, uintptr_t bi
   p.out_row_stride = out_row_stride;
   p.dtype = as_dtype(dtype);
   p.device = device;
+  p.kernel = static_cast<perfkern_sparse24_mm_kernel_t>(kernel);
   perfkern_status_t status;
   {
     py::gil_scoped_release release;
@@ -227,6 +228,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("lora_t"), py::arg("lora_b"), py::arg("out"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("R"),
         py::arg("scale"), py::arg("x_row_stride"), py::arg("values_row_stride"), py::arg("bias_stride"),
         py::arg("t_stride0"), py::arg("t_stride1"), py::arg("b_stride0"), py::arg("b_stride1"),
-        py::arg("out_row_stride"), py::arg("dtype"), py::arg("device"), py::arg("stream"),
-        "out = x . Ws^T + bias + scale * lora_t . lora_b^T on sparse tensor cores (bias, lora_t, lora_b may be 0).");
+        py::arg("out_row_stride"), py::arg("dtype"), py::arg("device"), py::arg("stream"), py::arg("kernel") = 0,
+        "out = x . Ws^T + bias + scale * lora_t . lora_b^T on sparse tensor cores (bias, lora_t, lora_b may be 0); "
+        "kernel: 0 auto, 1 mma.sp, 2 wgmma.sp.");
 }

@@ -172,7 +172,17 @@ typedef struct {
 PERFKERN_API perfkern_status_t perfkern_sparse24_meta_to_mma(const perfkern_sparse24_meta_to_mma_params_t* params,
                                                              cudaStream_t stream);
 
-/* 2:4 sparse GEMM on sparse tensor cores (mma.sp, sm_80 and newer), with bias and a fused low-rank term:
+/* Which kernel perfkern_sparse24_mm runs. AUTO: wgmma.sp on sm_90 devices when m > 32 and the library
+ * holds sm_90a code, mma.sp otherwise. MMA_SP: the mma.sp kernel (sm_80 and newer). WGMMA_SP: the
+ * wgmma.sp kernel (sm_90 devices with sm_90a code; PERFKERN_ERROR_NOT_SUPPORTED elsewhere). */
+typedef enum {
+  PERFKERN_SPARSE24_MM_AUTO = 0,
+  PERFKERN_SPARSE24_MM_MMA_SP = 1,
+  PERFKERN_SPARSE24_MM_WGMMA_SP = 2
+} perfkern_sparse24_mm_kernel_t;
+
+/* 2:4 sparse GEMM on sparse tensor cores (mma.sp on sm_80 and newer, wgmma.sp on sm_90a), with bias and a
+ * fused low-rank term:
  *   out[m, n] = sum_k x[m, k] Ws[n, k] + bias[n] + scale * sum_j lora_t[m, j] lora_b[n, j]
  * accumulated in fp32 (the low-rank term joins the same accumulator; no M x N intermediate).
  *   x        [m, k]    row stride x_row_stride, unit column stride
@@ -209,6 +219,7 @@ typedef struct {
   int64_t out_row_stride;
   perfkern_dtype_t dtype;
   int device;
+  perfkern_sparse24_mm_kernel_t kernel; /* AUTO (0) unless a test or benchmark pins one */
 } perfkern_sparse24_mm_params_t;
 
 PERFKERN_API perfkern_status_t perfkern_sparse24_mm(const perfkern_sparse24_mm_params_t* params, cudaStream_t stream);

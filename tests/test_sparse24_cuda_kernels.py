@@ -1,0 +1,84 @@
+"""Each of the CUDA core's sparse GEMM kernels, pinned (mma.sp on sm_80+, wgmma.sp on sm_90a), against the
+reference: odd shapes past every tile edge, K tails, strided and misaligned operands, the low-rank term at ranks
+that cross the 16-wide chunks, NaN-poisoned outputs. The ``cuda`` backend's own dispatch is covered by
+test_sparse24_linear.py; here each kernel is checked whichever one that dispatch would pick."""
+
+import pytest
+import torch
+from tolerances import assert_within_torch_error
+
+from perfkern import _ext
+from perfkern.ops import sparse24 as ops
+from perfkern.reference import sparse24 as ref
+
+pytestmark = pytest.mark.gpu
+
+MMA_SP, WGMMA_SP = 1, 2
+SHAPES = [
+    pytest.param(33, 64, 32, 0, id="M33-N64-K32"),
+    pytest.param(64, 96, 160, 1, id="M64-N96-K160-r1"),
+    pytest.param(65, 200, 96, 16, id="M65-N200-K96-r16"),
+    pytest.param(130, 257, 320, 20, id="M130-N257-K320-r20"),
+    pytest.param(257, 128, 4096, 70, id="M257-N128-K4096-r70"),
+    pytest.param(1000, 4096, 512, 8, id="M1000-N4096-K512-r8"),
+    pytest.param(8, 40, 64, 3, id="M8-N40-K64-r3"),
+]
+
+
+def _sm90() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+
+
+def _run(kernel, x, values, meta, bias, lora_t, lora_b, scale, out):
+    has_lora = lora_t is not None
+    _ext.require().sparse24_mm(
+        x.data_ptr(), values.data_ptr(), ops._mma_meta(meta).data_ptr(), bias.data_ptr() if bias is not None else 0,
+        lora_t.data_ptr() if has_lora else 0, lora_b.data_ptr() if has_lora else 0, out.data_ptr(),
+        x.shape[0], values.shape[0], x.shape[1], lora_t.shape[1] if has_lora else 0, scale,
+        x.stride(0), values.stride(0), bias.stride(0) if bias is not None else 0,
+        lora_t.stride(0) if has_lora else 0, lora_t.stride(1) if has_lora else 0,
+        lora_b.stride(0) if has_lora else 0, lora_b.stride(1) if has_lora else 0,
+        out.stride(0), _ext.DTYPE_CODES[x.dtype], x.device.index, _ext.stream_of(x), kernel=kernel,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("kernel", [MMA_SP, WGMMA_SP], ids=["mma_sp", "wgmma_sp"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("m,n,k,r", SHAPES)
+@pytest.mark.parametrize("layout", ["contiguous", "strided", "misaligned"])
+def test_kernel_matches_reference(kernel, dtype, m, n, k, r, layout):
+    if kernel == WGMMA_SP and not _sm90():
+        pytest.skip("wgmma.sp runs on sm_90 devices")
+    dev = torch.device("cuda")
+    pad = {"contiguous": 0, "strided": 64, "misaligned": 3}[layout]
+    x = torch.randn(m, k + pad, device=dev).to(dtype)[:, pad:] if pad else torch.randn(m, k, device=dev).to(dtype)
+    values, meta = ref.compress_2to4((torch.randn(n, k, device=dev) / k**0.5).to(dtype))
+    if layout == "misaligned":
+        values = torch.cat([torch.zeros(n, 1, device=dev, dtype=dtype), values], 1)[:, 1:]
+    bias = torch.randn(n, device=dev).to(dtype)
+    lora_t = torch.randn(m, r, device=dev).to(dtype) if r else None
+    lora_b = torch.randn(r, n, device=dev).to(dtype).t() if r else None
+    out_full = torch.full((m, n + pad), float("nan"), device=dev, dtype=dtype)
+    out = out_full[:, :n]
+    _run(kernel, x, values, meta, bias, lora_t, lora_b, 0.5, out)
+    torch.cuda.synchronize()
+    assert not out.isnan().any(), "outputs left unwritten"
+    if pad:
+        assert out_full[:, n:].isnan().all(), "wrote past the output's columns"
+    w = ref.decompress_2to4(values.contiguous(), meta)
+    truth = x.double() @ w.double().t() + bias.double()
+    native = x @ w.t() + bias
+    if r:
+        truth = truth + 0.5 * lora_t.double() @ lora_b.double().t()
+        native = native + 0.5 * lora_t @ lora_b.t()
+    assert_within_torch_error(out, truth, native, f"kernel {kernel}")
+
+
+def test_wgmma_elsewhere_says_why():
+    if _sm90():
+        pytest.skip("this device runs wgmma.sp")
+    x = torch.randn(64, 64, device="cuda", dtype=torch.float16)
+    values, meta = ref.compress_2to4(torch.randn(64, 64, device="cuda", dtype=torch.float16))
+    out = torch.empty(64, 64, device="cuda", dtype=torch.float16)
+    with pytest.raises(RuntimeError, match="wgmma.sp kernel needs an sm_90 device"):
+        _run(WGMMA_SP, x, values, meta, None, None, None, 1.0, out)
