@@ -2,10 +2,12 @@
 
 Backends (DESIGN §1): ``cuda`` (the compiled core, ``perfkern._C``), ``triton`` (``perfkern.kernels``) and
 ``reference`` (pure PyTorch, the truth and the CPU path). ``PERFKERN_BACKEND`` or ``use_backend`` chooses;
-``available_backends`` and ``last_backend`` say what can run and what did.
+``available_backends`` and ``last_backend`` say what can run and what did; on a GPU, ``auto`` measures the backends
+and a dense cuBLAS fallback per shape, and ``autotune_report`` says what it chose and why.
 """
 
 from perfkern import dendrites, ops, sparsity
+from perfkern._autotune import autotune_report
 from perfkern._dispatch import BackendUnavailableError, available_backends, last_backend, use_backend
 from perfkern.functional import dendrite_correlation, pera_adapter, pera_delta_weight, sparse24_linear
 from perfkern.nn import PeraLinear, SkippedLayer, SparseLoRALinear, merge, sparsify
@@ -17,6 +19,7 @@ __all__ = [
     "PeraLinear",
     "SkippedLayer",
     "SparseLoRALinear",
+    "autotune_report",
     "available_backends",
     "dendrite_correlation",
     "dendrites",

@@ -1,8 +1,10 @@
 """Backend choice for every perfkern op, in one place (DESIGN §1).
 
 ``PERFKERN_BACKEND=auto|cuda|triton|reference`` sets the default; ``use_backend(name)`` overrides it for a
-block of code. ``auto`` picks, per call, the first available backend in the op's preference order; a backend
-named explicitly that cannot run the call raises instead of falling back. ``last_backend()`` says what ran.
+block of code. ``auto`` picks, per call, the first available backend in the op's preference order, except for ops
+that opt in to per-shape tuning: on a CUDA tensor, ``perfkern._autotune`` measures their backends and a dense
+cuBLAS fallback per shape and runs the fastest. A backend named explicitly that cannot run the call raises instead
+of falling back. ``last_backend()`` says what ran (``"dense"`` for the fallback).
 
 On CPU tensors the reference runs, except under ``TRITON_INTERPRET=1`` where the Triton kernels run in the
 interpreter (that is how the test suite exercises them without a GPU).
@@ -18,8 +20,12 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from perfkern._autotune import Tuning
 
 BACKENDS = ("cuda", "triton", "reference")
 _CHOICES = ("auto", *BACKENDS)
@@ -124,7 +130,11 @@ class OpImpls:
     triton: Callable | str | None = None
     cuda: Callable | str | None = None
     # The order ``auto`` tries on a GPU; an op keeps a backend out of it until that backend is proven there.
+    # With ``tuning``, the backends ``auto`` measures, and the order it falls back on where it cannot measure.
     preference: tuple[str, ...] = BACKENDS
+    # cuBLAS on the dense weight: never asked for by name, ``auto`` runs it where tuning measured it fastest.
+    dense: Callable | str | None = None
+    tuning: Tuning | None = None
     _resolved: dict = field(default_factory=dict, compare=False, repr=False)
 
     def has(self, backend: str) -> bool:
@@ -141,8 +151,9 @@ class OpImpls:
         return impl
 
 
-def select(impls: OpImpls, device: torch.device) -> str:
-    """The backend that runs ``impls`` on ``device`` now; raises if an explicitly requested one cannot."""
+def select(impls: OpImpls, device: torch.device, args: tuple = ()) -> str:
+    """The backend that runs ``impls`` with ``args`` on ``device`` now; raises if an explicitly requested one
+    cannot."""
     requested = requested_backend()
     if requested != "auto":
         if not impls.has(requested):
@@ -153,6 +164,8 @@ def select(impls: OpImpls, device: torch.device) -> str:
         return requested
     if device.type == "cpu" and not triton_interpret():
         return "reference"
+    if impls.tuning is not None and device.type == "cuda":
+        return impls.tuning.choose(impls, device, args)
     for backend in impls.preference:
         if impls.has(backend) and unavailable_reason(backend, device) is None:
             return backend
@@ -161,12 +174,12 @@ def select(impls: OpImpls, device: torch.device) -> str:
 
 def run(impls: OpImpls, device: torch.device, *args):
     """Call the selected implementation of ``impls`` with ``args`` and record which backend ran."""
-    backend = select(impls, device)
-    _last[impls.name] = backend
-    _last["*"] = backend
-    if _log.isEnabledFor(logging.DEBUG):
-        _log.debug("perfkern::%s ran on %s (requested %s)", impls.name, backend, requested_backend())
     # Every implementation sets its own precision (fp32 accumulation); an enclosing autocast must not recast
-    # the PyTorch ops inside it, the backward's included.
+    # the PyTorch ops inside it, the backward's included, nor those that tuning times.
     with torch.autocast(device.type, enabled=False):
+        backend = select(impls, device, args)
+        _last[impls.name] = backend
+        _last["*"] = backend
+        if _log.isEnabledFor(logging.DEBUG):
+            _log.debug("perfkern::%s ran on %s (requested %s)", impls.name, backend, requested_backend())
         return impls.get(backend)(*args)

@@ -1,0 +1,267 @@
+"""Per-shape choice of ``auto`` on a GPU (DESIGN §1): the fastest measured candidate wins, dense included; each
+shape is timed once; no timing under graph capture or compile tracing; the tune cache and shipped tables.
+
+The choice is exercised without a GPU: the device is named "cuda" while the tensors stay on the CPU, the device
+name and the timer are replaced, and the candidates are plain PyTorch functions."""
+
+import json
+
+import pytest
+import torch
+
+import perfkern
+from perfkern import _autotune, _dispatch
+
+CUDA = torch.device("cuda")
+MARKS = {"reference": 1.0, "triton": 2.0, "dense": 3.0}
+
+
+def _fake_impl(name, declines=False):
+    def impl(x, out):
+        if declines:
+            raise _dispatch.BackendUnavailableError(f"{name} declines this call")
+        out.fill_(MARKS[name])
+
+    return impl
+
+
+def _fake_op(declines=()):
+    """An op whose backends each write their own mark into the output."""
+    impls = {name: _fake_impl(name, name in declines) for name in MARKS}
+    return _dispatch.OpImpls(
+        "fake_mm",
+        impls["reference"],
+        impls["triton"],
+        preference=("triton", "reference"),
+        dense=impls["dense"],
+        tuning=_autotune.Tuning(lambda x, out: (x.dtype, x.shape[0], out.shape[1], x.shape[1], 0, False), (1,)),
+    )
+
+
+class FakeTimer:
+    """Stands in for ``_autotune.measure``: runs the candidate once, returns the time given for its backend."""
+
+    def __init__(self, impls, **times_ms):
+        self.times = {impls.get(name): t for name, t in times_ms.items()}
+        self.names = {impls.get(name): name for name in times_ms}
+        self.measured = []
+
+    def __call__(self, fn, args, device):
+        fn(*args)
+        self.measured.append(self.names[fn])
+        return self.times[fn]
+
+
+@pytest.fixture
+def gpu(monkeypatch, tmp_path):
+    """A fake CUDA device named "test_gpu", with no tables and no tune cache, and no choice made yet."""
+    monkeypatch.setattr(_autotune, "device_name", lambda device: "test_gpu")
+    monkeypatch.setattr(_autotune, "TABLE_DIR", tmp_path / "tables")
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    for name in ("PERFKERN_BACKEND", "PERFKERN_AUTOTUNE", "PERFKERN_TUNE_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    _autotune.reset()
+    yield CUDA
+    _autotune.reset()
+
+
+def _timer(monkeypatch, impls, **times_ms):
+    timer = FakeTimer(impls, **times_ms)
+    monkeypatch.setattr(_autotune, "measure", timer)
+    return timer
+
+
+def _forbid_timing(monkeypatch):
+    def fail(fn, args, device):
+        raise AssertionError("timed a call that must not be timed")
+
+    monkeypatch.setattr(_autotune, "measure", fail)
+
+
+def _call(impls, m=5, k=32, n=16, dtype=torch.float32):
+    out = torch.full((m, n), float("nan"), dtype=dtype)
+    _dispatch.run(impls, CUDA, torch.randn(m, k).to(dtype), out)
+    return out
+
+
+def _key(m=8, k=32, n=16, dtype="float32", op="fake_mm"):
+    return _autotune.TuneKey(op, "test_gpu", dtype, m, n, k, 0, False)
+
+
+@pytest.mark.parametrize(
+    "times,winner",
+    [
+        pytest.param({"triton": 2.0, "reference": 5.0, "dense": 1.0}, "dense", id="dense-fastest"),
+        pytest.param({"triton": 1.0, "reference": 5.0, "dense": 2.0}, "triton", id="triton-fastest"),
+        pytest.param({"triton": 2.0, "reference": 2.0, "dense": 2.0}, "triton", id="tie-goes-to-preference"),
+    ],
+)
+def test_fastest_candidate_wins_and_alone_writes_the_output(gpu, monkeypatch, times, winner):
+    impls = _fake_op()
+    timer = _timer(monkeypatch, impls, **times)
+    out = _call(impls)
+    assert timer.measured == ["triton", "reference", "dense"]
+    assert perfkern.last_backend("fake_mm") == winner
+    # The losers ran on scratch copies: the output holds the winner's mark and nothing else.
+    assert torch.equal(out, torch.full_like(out, MARKS[winner]))
+    assert perfkern.autotune_report() == {_key(): _autotune.Decision(winner, times, "measured")}
+
+
+def test_each_shape_is_timed_once(gpu, monkeypatch):
+    impls = _fake_op()
+    timer = _timer(monkeypatch, impls, triton=2.0, reference=5.0, dense=1.0)
+    _call(impls, m=5)
+    _call(impls, m=7)  # rounds up to M=8 as well
+    _call(impls, m=5)
+    assert len(timer.measured) == 3
+    _call(impls, m=9)
+    _call(impls, m=5, dtype=torch.bfloat16)
+    assert len(timer.measured) == 9
+    assert set(perfkern.autotune_report()) == {_key(m=8), _key(m=16), _key(m=8, dtype="bfloat16")}
+    assert perfkern.last_backend("fake_mm") == "dense"
+
+
+def test_empty_products_are_not_timed(gpu, monkeypatch):
+    _forbid_timing(monkeypatch)
+    impls = _fake_op()
+    _call(impls, m=0)
+    assert perfkern.last_backend("fake_mm") == "triton"
+    assert perfkern.autotune_report() == {}
+
+
+def test_a_candidate_that_declines_the_call_is_skipped(gpu, monkeypatch):
+    impls = _fake_op(declines=("triton",))
+    timer = _timer(monkeypatch, impls, triton=0.1, reference=5.0, dense=1.0)
+    out = _call(impls)
+    assert timer.measured == ["reference", "dense"]
+    assert perfkern.autotune_report()[_key()].times_ms == {"reference": 5.0, "dense": 1.0}
+    assert torch.equal(out, torch.full_like(out, MARKS["dense"]))
+
+
+@pytest.mark.parametrize("phase", ["capture", "compile"])
+def test_no_timing_under_graph_capture_or_compile(gpu, monkeypatch, phase):
+    impls = _fake_op()
+    timer = _timer(monkeypatch, impls, triton=2.0, reference=5.0, dense=1.0)
+    stopped = {"flag": True}
+    if phase == "capture":
+        monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: stopped["flag"])
+    else:
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: stopped["flag"])
+    _call(impls)
+    assert timer.measured == []
+    assert perfkern.last_backend("fake_mm") == "triton"  # the static preference
+    assert perfkern.autotune_report() == {}
+    stopped["flag"] = False
+    _call(impls)
+    assert perfkern.last_backend("fake_mm") == "dense"
+    stopped["flag"] = True
+    _call(impls)
+    assert perfkern.last_backend("fake_mm") == "dense"  # remembered, not timed again
+    assert len(timer.measured) == 3
+
+
+def test_autotune_env_variable(gpu, monkeypatch):
+    impls = _fake_op()
+    monkeypatch.setenv("PERFKERN_AUTOTUNE", "yes")
+    with pytest.raises(ValueError, match="PERFKERN_AUTOTUNE must be 0 or 1, got 'yes'"):
+        _call(impls)
+    monkeypatch.setenv("PERFKERN_AUTOTUNE", "0")
+    _forbid_timing(monkeypatch)
+    _call(impls)
+    assert perfkern.last_backend("fake_mm") == "triton"
+    assert perfkern.autotune_report() == {}
+
+
+def test_explicit_backend_is_never_tuned(gpu, monkeypatch):
+    _forbid_timing(monkeypatch)
+    impls = _fake_op()
+    with perfkern.use_backend("reference"):
+        out = _call(impls)
+    assert torch.equal(out, torch.full_like(out, MARKS["reference"]))
+
+
+def test_tune_cache_round_trip(gpu, monkeypatch, tmp_path):
+    path = tmp_path / "cache" / "tune.json"
+    monkeypatch.setenv("PERFKERN_TUNE_CACHE", str(path))
+    impls = _fake_op()
+    _timer(monkeypatch, impls, triton=2.0, reference=5.0, dense=1.0)
+    _call(impls, m=5)
+    _call(impls, m=9)
+    records = json.loads(path.read_text())
+    assert records["format"] == 1
+    assert records["decisions"][0] == {
+        "op": "fake_mm", "device": "test_gpu", "dtype": "float32", "m": 8, "n": 16, "k": 32, "rank": 0,
+        "bias": False, "winner": "dense", "times_ms": {"triton": 2.0, "reference": 5.0, "dense": 1.0},
+    }  # fmt: skip
+    assert [r["m"] for r in records["decisions"]] == [8, 16]
+    assert list(path.parent.iterdir()) == [path]  # the temporary file of the atomic write is gone
+
+    # A later process reads the winners instead of timing them.
+    _autotune.reset()
+    _forbid_timing(monkeypatch)
+    out = _call(impls, m=6)
+    assert torch.equal(out, torch.full_like(out, MARKS["dense"]))
+    decision = perfkern.autotune_report()[_key(m=8)]
+    assert (decision.winner, decision.source, decision.times_ms["dense"]) == ("dense", "tune cache", 1.0)
+
+    # Decisions another process wrote meanwhile survive this one's write.
+    records["decisions"].append({**records["decisions"][0], "n": 48, "winner": "reference"})
+    path.write_text(json.dumps(records))
+    _timer(monkeypatch, impls, triton=1.0, reference=5.0, dense=2.0)
+    _call(impls, m=40)
+    assert sorted((r["m"], r["n"], r["winner"]) for r in json.loads(path.read_text())["decisions"]) == [
+        (8, 16, "dense"), (8, 48, "reference"), (16, 16, "dense"), (64, 16, "triton"),
+    ]  # fmt: skip
+
+
+def test_a_broken_tune_cache_is_reported(gpu, monkeypatch, tmp_path):
+    path = tmp_path / "tune.json"
+    path.write_text('{"format": 1, "decisions": [{"op": "fake_mm"}]}')
+    monkeypatch.setenv("PERFKERN_TUNE_CACHE", str(path))
+    with pytest.raises(ValueError, match="tune.json is not a perfkern tune table"):
+        _call(_fake_op())
+
+
+def _ship(table_dir, winner, **key_fields):
+    table_dir.mkdir(parents=True, exist_ok=True)
+    record = {**_key(**key_fields)._asdict(), "winner": winner, "times_ms": {}}
+    (table_dir / "test_gpu.json").write_text(json.dumps({"format": 1, "decisions": [record]}))
+
+
+def test_shipped_table_is_used_where_nothing_is_measured(gpu, monkeypatch):
+    impls = _fake_op()
+    _ship(_autotune.TABLE_DIR, "reference")
+    monkeypatch.setenv("PERFKERN_AUTOTUNE", "0")
+    _forbid_timing(monkeypatch)
+    out = _call(impls)
+    assert torch.equal(out, torch.full_like(out, MARKS["reference"]))
+    assert perfkern.autotune_report() == {_key(): _autotune.Decision("reference", {}, "shipped table")}
+    _call(impls, m=20)  # a shape the table does not hold: the static preference
+    assert perfkern.last_backend("fake_mm") == "triton"
+
+
+def test_a_measurement_outranks_the_shipped_table(gpu, monkeypatch):
+    impls = _fake_op()
+    _ship(_autotune.TABLE_DIR, "reference")
+    capturing = {"flag": True}
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing["flag"])
+    timer = _timer(monkeypatch, impls, triton=2.0, reference=5.0, dense=1.0)
+    _call(impls)
+    assert perfkern.last_backend("fake_mm") == "reference"  # the table stands in while timing cannot run
+    capturing["flag"] = False
+    _call(impls)
+    assert perfkern.last_backend("fake_mm") == "dense"
+    assert len(timer.measured) == 3
+
+
+def test_a_table_naming_a_backend_that_cannot_run_is_ignored(gpu, monkeypatch):
+    impls = _fake_op()
+    _ship(_autotune.TABLE_DIR, "cuda")  # the fake op has no cuda implementation
+    monkeypatch.setenv("PERFKERN_AUTOTUNE", "0")
+    _call(impls)
+    assert perfkern.last_backend("fake_mm") == "triton"
+
+
+def test_device_names_are_normalized():
+    assert _autotune.normalize_device_name("NVIDIA H100 80GB HBM3") == "nvidia_h100_80gb_hbm3"
+    assert _autotune.normalize_device_name("NVIDIA A100-SXM4-40GB") == "nvidia_a100_sxm4_40gb"
