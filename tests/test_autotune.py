@@ -1,5 +1,6 @@
 """Per-shape choice of ``auto`` on a GPU (DESIGN §1): the fastest measured candidate wins, dense included; each
-shape is timed once; no timing under graph capture or compile tracing; the tune cache and shipped tables.
+shape is timed once; no timing under graph capture or compile tracing; the tune cache and shipped tables; and the
+dense backend's numerics against the reference.
 
 The choice is exercised without a GPU: the device is named "cuda" while the tensors stay on the CPU, the device
 name and the timer are replaced, and the candidates are plain PyTorch functions."""
@@ -8,9 +9,12 @@ import json
 
 import pytest
 import torch
+from tolerances import assert_within_torch_error
 
 import perfkern
 from perfkern import _autotune, _dispatch
+from perfkern.ops import sparse24 as ops
+from perfkern.reference import sparse24 as ref
 
 CUDA = torch.device("cuda")
 MARKS = {"reference": 1.0, "triton": 2.0, "dense": 3.0}
@@ -265,3 +269,125 @@ def test_a_table_naming_a_backend_that_cannot_run_is_ignored(gpu, monkeypatch):
 def test_device_names_are_normalized():
     assert _autotune.normalize_device_name("NVIDIA H100 80GB HBM3") == "nvidia_h100_80gb_hbm3"
     assert _autotune.normalize_device_name("NVIDIA A100-SXM4-40GB") == "nvidia_a100_sxm4_40gb"
+
+
+# The real ops: dense through auto, and its numerics against the reference.
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+MM_SHAPES = [
+    pytest.param(1, 16, 32, 1, True, id="M1-N16-K32-r1"),
+    pytest.param(7, 33, 48, 3, False, id="M7-N33-K48-r3-nobias"),
+    pytest.param(17, 70, 96, 0, True, id="M17-N70-K96-nolora"),
+]
+
+
+def _mm_args(m, n, k, r, bias, dtype):
+    x = torch.randn(m, k).to(dtype)
+    values, meta = ref.compress_2to4((torch.randn(n, k) / k**0.5).to(dtype))
+    b = torch.randn(n).to(dtype) if bias else None
+    lora_t = torch.randn(m, r).to(dtype) if r else None
+    lora_b = torch.randn(r, n).to(dtype).t() if r else None  # a transposed view, as the double-pruned dx passes it
+    return x, values, meta, b, lora_t, lora_b, 0.5
+
+
+def _mm_truth_and_native(x, values, meta, bias, lora_t, lora_b, scale):
+    w = ref.decompress_2to4(values, meta)
+    truth, native = x.double() @ w.double().t(), x @ w.t()
+    if bias is not None:
+        truth, native = truth + bias.double(), native + bias
+    if lora_t is not None:
+        truth = truth + scale * lora_t.double() @ lora_b.double().t()
+        native = native + scale * lora_t @ lora_b.t()
+    return truth, native
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("m,n,k,r,bias", MM_SHAPES)
+def test_dense_mm_matches_reference(m, n, k, r, bias, dtype):
+    args = _mm_args(m, n, k, r, bias, dtype)
+    out = torch.full((m, n), float("nan"), dtype=dtype)
+    ops._dense_mm(*args, out)
+    assert_within_torch_error(out, *_mm_truth_and_native(*args), "y")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_dense_weight_grad_matches_reference(dtype):
+    m, n, k = 19, 24, 48
+    dy, x = torch.randn(m, n).to(dtype), torch.randn(m, k).to(dtype)
+    _, meta = ref.compress_2to4(torch.randn(n, k))
+    out = torch.full((n, k // 2), float("nan"), dtype=dtype)
+    ops._dense_weight_grad(dy, x, meta, out)
+    truth = ref.gather_2to4(dy.double().t() @ x.double(), meta)
+    assert_within_torch_error(out, truth, ref.gather_2to4(dy.t() @ x, meta), "d_values")
+
+
+def test_dense_weight_cache_follows_in_place_writes():
+    values, meta = ref.compress_2to4(torch.randn(16, 64))
+    buffer = meta.view(torch.uint8).clone()  # stored as bytes, viewed as int16 at each call, as the layer does
+    first = ops._dense_weight(values, buffer.view(torch.int16))
+    assert ops._dense_weight(values, buffer.view(torch.int16)) is first
+    values.mul_(2)
+    assert torch.equal(ops._dense_weight(values, buffer.view(torch.int16)), ref.decompress_2to4(values, meta))
+    _, other_meta = ref.compress_2to4(torch.randn(16, 64))
+    buffer.copy_(other_meta.view(torch.uint8))
+    assert torch.equal(ops._dense_weight(values, buffer.view(torch.int16)), ref.decompress_2to4(values, other_meta))
+    # A different meta tensor with the same values is never served the other's weight.
+    assert torch.equal(ops._dense_weight(values, meta), ref.decompress_2to4(values, meta))
+
+
+def test_inference_tensors_are_decompressed_every_call():
+    with torch.inference_mode():
+        values, meta = ref.compress_2to4(torch.randn(16, 64))
+        dense = ops._dense_weight(values, meta)
+    assert torch.equal(dense, ref.decompress_2to4(values, meta))
+    assert not hasattr(values.untyped_storage(), "_perfkern_dense")
+
+
+# On a fake device the tensors stay on the CPU, where Triton runs only in the interpreter (and cuda not at all).
+fake_device_only = pytest.mark.skipif(torch.cuda.is_available(), reason="the fake-device path needs a CPU-only run")
+
+
+@fake_device_only
+@pytest.mark.parametrize("winner", ["dense", "triton"])
+def test_auto_runs_the_measured_winner_of_sparse24_mm(gpu, monkeypatch, winner):
+    times = {"triton": 2.0, "reference": 5.0, "dense": 3.0, winner: 1.0}
+    timer = _timer(monkeypatch, ops.MM, **times)
+    args = _mm_args(7, 33, 48, 3, True, torch.float32)
+    out = torch.full((7, 33), float("nan"))
+    _dispatch.run(ops.MM, CUDA, *args, out)
+    assert timer.measured == ["triton", "reference", "dense"]
+    assert perfkern.last_backend("sparse24_mm") == winner
+    assert_within_torch_error(out, *_mm_truth_and_native(*args), "y")
+    # The dense copy of the weight is kept only where dense won.
+    assert hasattr(args[1].untyped_storage(), "_perfkern_dense") == (winner == "dense")
+    key = _autotune.TuneKey("sparse24_mm", "test_gpu", "float32", 8, 33, 48, 4, True)
+    assert perfkern.autotune_report()[key].winner == winner
+
+
+@fake_device_only
+def test_auto_runs_dense_weight_grad_when_it_measures_faster(gpu, monkeypatch):
+    _timer(monkeypatch, ops.WEIGHT_GRAD, triton=2.0, reference=5.0, dense=1.0)
+    dy, x = torch.randn(19, 24), torch.randn(19, 48)
+    _, meta = ref.compress_2to4(torch.randn(24, 48))
+    out = torch.full((24, 24), float("nan"))
+    _dispatch.run(ops.WEIGHT_GRAD, CUDA, dy, x, meta, out)
+    assert perfkern.last_backend("sparse24_weight_grad") == "dense"
+    truth = ref.gather_2to4(dy.double().t() @ x.double(), meta)
+    assert_within_torch_error(out, truth, ref.gather_2to4(dy.t() @ x, meta), "d_values")
+
+
+@pytest.mark.gpu
+def test_gpu_auto_measures_every_candidate(monkeypatch):
+    for name in ("PERFKERN_BACKEND", "PERFKERN_AUTOTUNE", "PERFKERN_TUNE_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    _autotune.reset()
+    dtype = torch.bfloat16
+    args = [t.cuda() if torch.is_tensor(t) else t for t in _mm_args(130, 256, 320, 16, True, dtype)]
+    y = torch.ops.perfkern.sparse24_mm(*args)
+    (decision,) = perfkern.autotune_report().values()
+    assert decision.source == "measured"
+    assert {"triton", "dense"} <= set(decision.times_ms)
+    assert all(t > 0 for t in decision.times_ms.values())
+    assert perfkern.last_backend("sparse24_mm") == decision.winner
+    assert_within_torch_error(y, *_mm_truth_and_native(*args), "y")
+    _autotune.reset()

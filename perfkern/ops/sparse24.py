@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from perfkern import _dispatch, _ext
+from perfkern import _autotune, _dispatch, _ext
 from perfkern.ops._common import empty, rows_contiguous
 from perfkern.reference import sparse24 as ref
 
@@ -275,9 +275,68 @@ def _cuda_mm(x, values, meta, bias, lora_t, lora_b, scale, out):
     )  # fmt: skip
 
 
-# auto keeps the sparse-tensor-core kernel behind Triton until it has passed the GPU test suite.
-MM = _dispatch.OpImpls("sparse24_mm", _ref_mm, f"{_TRITON}:mm", _cuda_mm, preference=("triton", "cuda", "reference"))
-WEIGHT_GRAD = _dispatch.OpImpls("sparse24_weight_grad", _ref_weight_grad, f"{_TRITON}:weight_grad")
+# Dense backend: cuBLAS on the decompressed weight, in the inputs' dtype as nn.Linear computes. auto runs it on a
+# GPU for the shapes where it measured faster than every sparse kernel (perfkern._autotune), so a sparse layer is
+# never knowingly slower than nn.Linear with LoRA.
+
+
+def _dense_weight(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+    """Ws [N, K], decompressed once and cached on the values' storage (so it dies with it), rebuilt whenever values
+    or meta is written in place. It costs a dense copy of the weight, so only the dense backend builds it. The
+    entry holds the meta it was built from, so no other meta can take that address while it lives. Inference
+    tensors keep no version counter: their weight is decompressed at every call."""
+    if torch.is_inference(values) or torch.is_inference(meta):
+        return ref.decompress_2to4(values, meta)
+    storage = values.untyped_storage()
+    key = (values._version, values.data_ptr(), tuple(values.shape), values.stride(),
+           meta._version, meta.data_ptr(), tuple(meta.shape), meta.stride())  # fmt: skip
+    cached = getattr(storage, "_perfkern_dense", None)
+    if cached is not None and cached[0] == key:
+        return cached[2]
+    dense = ref.decompress_2to4(values, meta)
+    storage._perfkern_dense = (key, meta, dense)
+    return dense
+
+
+def _drop_dense_weight(x, values, *rest):
+    """Free the dense weight that timing the dense candidate built, when another backend won."""
+    storage = values.untyped_storage()
+    if hasattr(storage, "_perfkern_dense"):
+        del storage._perfkern_dense
+
+
+def _dense_mm(x, values, meta, bias, lora_t, lora_b, scale, out):
+    w = _dense_weight(values, meta)
+    if bias is None:
+        torch.mm(x, w.t(), out=out)
+    else:
+        torch.addmm(bias, x, w.t(), out=out)
+    if lora_t is not None:
+        out.addmm_(lora_t, lora_b.t(), alpha=scale)
+
+
+def _dense_weight_grad(dy, x, meta, out_values):
+    out_values.copy_(ref.gather_2to4(torch.mm(dy.t(), x), meta))
+
+
+def _mm_shape(x, values, meta, bias, lora_t, lora_b, scale, out):
+    return x.dtype, x.shape[0], values.shape[0], x.shape[1], 0 if lora_t is None else lora_t.shape[1], bias is not None
+
+
+def _weight_grad_shape(dy, x, meta, out_values):
+    return x.dtype, dy.shape[0], dy.shape[1], x.shape[1], 0, False
+
+
+# Where auto cannot measure (PERFKERN_AUTOTUNE=0, CUDA graph capture) and no table names a winner, it keeps the
+# sparse-tensor-core kernel behind Triton until that kernel has passed the GPU test suite.
+MM = _dispatch.OpImpls(
+    "sparse24_mm", _ref_mm, f"{_TRITON}:mm", _cuda_mm, preference=("triton", "cuda", "reference"), dense=_dense_mm,
+    tuning=_autotune.Tuning(_mm_shape, outputs=(7,), release=_drop_dense_weight),
+)  # fmt: skip
+WEIGHT_GRAD = _dispatch.OpImpls(
+    "sparse24_weight_grad", _ref_weight_grad, f"{_TRITON}:weight_grad", dense=_dense_weight_grad,
+    tuning=_autotune.Tuning(_weight_grad_shape, outputs=(3,)),
+)  # fmt: skip
 
 
 @torch.library.custom_op("perfkern::sparse24_mm", mutates_args=())
