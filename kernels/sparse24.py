@@ -12,11 +12,15 @@ exact for every value, NaN payloads included.
 
 from __future__ import annotations
 
+import functools
 import os
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
+
+from perfkern.ops._common import empty
 
 
 @triton.jit
@@ -240,25 +244,18 @@ def meta_reorder(src: torch.Tensor, dst: torch.Tensor, to_cutlass: bool) -> None
 
 
 @triton.jit
-def _sparse24_mm_kernel(
-    x_ptr,
-    values_ptr,
-    meta_ptr,
+def _sparse24_mm_epilogue(
+    acc,
+    rm,
+    rn,
     bias_ptr,
     lora_t_ptr,
     lora_b_ptr,
     out_ptr,
     M,
     N,
-    K,
     R,
     scale,
-    stride_xm,
-    stride_xk,
-    stride_vn,
-    stride_vk,
-    stride_en,
-    stride_ek,
     stride_bias,
     stride_tm,
     stride_tr,
@@ -272,66 +269,11 @@ def _sparse24_mm_kernel(
     PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
     BLOCK_R: tl.constexpr,
 ):
-    """out = x·Wsᵀ + bias + scale·T·Bᵀ, Ws = decompress(values, meta) 2:4 along K, T [M, r], B [N, r]
-    (DESIGN §3.3: SLoPe, Mozaffari et al., ICLR 2025; 2:4 format of Mishra et al., arXiv 2104.08378).
-
-    Position p of every group of 4 is its own plane: x[:, 4g + p] and Ws[:, 4g + p] = v1 if idx1 == p, else v0
-    if idx0 == p, else 0. A chunk of BLOCK_K = 4·G columns is four products of width G, so the weight tile is
-    decoded by selects on [BLOCK_N, G] planes and never interleaved. The accumulator is [BLOCK_N, BLOCK_M]
-    (outᵀ): the decoded weight is the left operand and a small M sits in the MMA's narrow dimension.
-    """
-    pid_n = tl.program_id(0).to(tl.int64)
-    pid_m = tl.program_id(1).to(tl.int64)
-    GROUPS: tl.constexpr = BLOCK_K // 4
-    WORDS: tl.constexpr = BLOCK_K // 16
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)  # [BM]
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)  # [BN]
+    """out[rm, rn] = accᵀ + scale·T·Bᵀ + bias for an fp32 acc [BLOCK_N, BLOCK_M] that holds (x·Wsᵀ)ᵀ."""
     m_in = rm < M
     n_in = rn < N
-    shifts = 4 * tl.arange(0, 4)  # [4]
-    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        rk = k0 + tl.arange(0, BLOCK_K).to(tl.int64)  # [BK]
-        rv = k0 // 2 + tl.arange(0, 2 * GROUPS).to(tl.int64)  # [BK/2]
-        rw = k0 // 16 + tl.arange(0, WORDS).to(tl.int64)  # [BK/16]
-        xs = tl.load(
-            x_ptr + rm[:, None] * stride_xm + rk[None, :] * stride_xk, mask=m_in[:, None] & (rk < K)[None, :], other=0.0
-        )  # [BM, BK]
-        vs = tl.load(
-            values_ptr + rn[:, None] * stride_vn + rv[None, :] * stride_vk,
-            mask=n_in[:, None] & (rv < K // 2)[None, :],
-            other=0.0,
-        )  # [BN, BK/2]
-        words = tl.load(
-            meta_ptr + rn[:, None] * stride_en + rw[None, :] * stride_ek,
-            mask=n_in[:, None] & (rw < K // 16)[None, :],
-            other=0,
-        ).to(tl.int32)  # [BN, BK/16]
-        if INTERPRET:
-            xs = xs.to(tl.float32)
-            vs = vs.to(tl.float32)
-        # Column k = 4g + 2h + l of the chunk: splitting l then h leaves one [., G] plane per position p = 2h + l.
-        x_even, x_odd = tl.split(tl.reshape(xs, [BLOCK_M, GROUPS, 2, 2]))
-        x0, x2 = tl.split(x_even)  # [BM, G]
-        x1, x3 = tl.split(x_odd)  # [BM, G]
-        v0, v1 = tl.split(tl.reshape(vs, [BLOCK_N, GROUPS, 2]))  # [BN, G]
-        # int16 words sign-extend; the & keeps only the nibble, so bit 15 set is harmless.
-        nibble = tl.reshape((words[:, :, None] >> shifts[None, None, :]) & 0xF, [BLOCK_N, GROUPS])  # [BN, G]
-        idx0 = nibble & 3
-        idx1 = nibble >> 2
-        zero = tl.zeros_like(v0)
-        # The second index wins, as in decompress, so every backend decodes malformed metadata alike.
-        w0 = tl.where(idx1 == 0, v1, tl.where(idx0 == 0, v0, zero))  # [BN, G]
-        w1 = tl.where(idx1 == 1, v1, tl.where(idx0 == 1, v0, zero))  # [BN, G]
-        w2 = tl.where(idx1 == 2, v1, tl.where(idx0 == 2, v0, zero))  # [BN, G]
-        w3 = tl.where(idx1 == 3, v1, tl.where(idx0 == 3, v0, zero))  # [BN, G]
-        acc = tl.dot(w0, tl.trans(x0), acc, input_precision=PRECISION)
-        acc = tl.dot(w1, tl.trans(x1), acc, input_precision=PRECISION)
-        acc = tl.dot(w2, tl.trans(x2), acc, input_precision=PRECISION)
-        acc = tl.dot(w3, tl.trans(x3), acc, input_precision=PRECISION)
     if HAS_LORA:
         # The rank is padded to BLOCK_R with zeros; its own accumulator lets scale apply once, in fp32.
         low = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
@@ -360,6 +302,178 @@ def _sparse24_mm_kernel(
         acc.to(out_ptr.dtype.element_ty),
         mask=n_in[:, None] & m_in[None, :],
     )
+
+
+@triton.jit
+def _sparse24_mm_kernel(
+    x_ptr,
+    values_ptr,
+    meta_ptr,
+    bias_ptr,
+    lora_t_ptr,
+    lora_b_ptr,
+    out_ptr,
+    M,
+    N,
+    K,
+    R,
+    k_per_split,
+    scale,
+    stride_xm,
+    stride_xk,
+    stride_vn,
+    stride_vk,
+    stride_en,
+    stride_ek,
+    stride_bias,
+    stride_tm,
+    stride_tr,
+    stride_bn,
+    stride_br,
+    stride_os,
+    stride_om,
+    stride_on,
+    SPLIT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_LORA: tl.constexpr,
+    INTERPRET: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+):
+    """out = x·Wsᵀ + bias + scale·T·Bᵀ, Ws = decompress(values, meta) 2:4 along K, T [M, r], B [N, r]
+    (DESIGN §3.3: SLoPe, Mozaffari et al., ICLR 2025; 2:4 format of Mishra et al., arXiv 2104.08378).
+
+    Position p of every group of 4 is its own plane: x[:, 4g + p] and Ws[:, 4g + p] = v1 if idx1 == p, else v0
+    if idx0 == p, else 0. A chunk of BLOCK_K = 4·G columns is four products of width G, so the weight tile is
+    decoded by selects on [BLOCK_N, G] planes and never interleaved. The accumulator is [BLOCK_N, BLOCK_M]
+    (outᵀ): the decoded weight is the left operand and a small M sits in the MMA's narrow dimension.
+
+    SPLIT (split-K): program s of the third grid axis sums only columns [s·k_per_split, (s + 1)·k_per_split) and
+    stores that fp32 partial of x·Wsᵀ to out = the workspace [S, M, N]; _sparse24_mm_reduce_kernel adds the
+    partials, the bias and the low-rank term. k_per_split is a multiple of 16, so slices hold whole meta words.
+    """
+    pid_n = tl.program_id(0).to(tl.int64)
+    pid_m = tl.program_id(1).to(tl.int64)
+    GROUPS: tl.constexpr = BLOCK_K // 4
+    WORDS: tl.constexpr = BLOCK_K // 16
+    if SPLIT:
+        # K bounds stay int32 like K itself (the offsets below are int64): int64 ones cost the loop registers.
+        k_lo = tl.program_id(2) * k_per_split
+        k_hi = tl.minimum(k_lo + k_per_split, K)
+    else:
+        k_lo = 0
+        k_hi = K
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)  # [BM]
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)  # [BN]
+    m_in = rm < M
+    n_in = rn < N
+    shifts = 4 * tl.arange(0, 4)  # [4]
+    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K).to(tl.int64)  # [BK]
+        rv = k0 // 2 + tl.arange(0, 2 * GROUPS).to(tl.int64)  # [BK/2]
+        rw = k0 // 16 + tl.arange(0, WORDS).to(tl.int64)  # [BK/16]
+        xs = tl.load(
+            x_ptr + rm[:, None] * stride_xm + rk[None, :] * stride_xk,
+            mask=m_in[:, None] & (rk < k_hi)[None, :],
+            other=0.0,
+        )  # [BM, BK]
+        vs = tl.load(
+            values_ptr + rn[:, None] * stride_vn + rv[None, :] * stride_vk,
+            mask=n_in[:, None] & (rv < k_hi // 2)[None, :],
+            other=0.0,
+        )  # [BN, BK/2]
+        words = tl.load(
+            meta_ptr + rn[:, None] * stride_en + rw[None, :] * stride_ek,
+            mask=n_in[:, None] & (rw < k_hi // 16)[None, :],
+            other=0,
+        ).to(tl.int32)  # [BN, BK/16]
+        if INTERPRET:
+            xs = xs.to(tl.float32)
+            vs = vs.to(tl.float32)
+        # Column k = 4g + 2h + l of the chunk: splitting l then h leaves one [., G] plane per position p = 2h + l.
+        x_even, x_odd = tl.split(tl.reshape(xs, [BLOCK_M, GROUPS, 2, 2]))
+        x0, x2 = tl.split(x_even)  # [BM, G]
+        x1, x3 = tl.split(x_odd)  # [BM, G]
+        v0, v1 = tl.split(tl.reshape(vs, [BLOCK_N, GROUPS, 2]))  # [BN, G]
+        # int16 words sign-extend; the & keeps only the nibble, so bit 15 set is harmless.
+        nibble = tl.reshape((words[:, :, None] >> shifts[None, None, :]) & 0xF, [BLOCK_N, GROUPS])  # [BN, G]
+        idx0 = nibble & 3
+        idx1 = nibble >> 2
+        zero = tl.zeros_like(v0)
+        # The second index wins, as in decompress, so every backend decodes malformed metadata alike.
+        w0 = tl.where(idx1 == 0, v1, tl.where(idx0 == 0, v0, zero))  # [BN, G]
+        w1 = tl.where(idx1 == 1, v1, tl.where(idx0 == 1, v0, zero))  # [BN, G]
+        w2 = tl.where(idx1 == 2, v1, tl.where(idx0 == 2, v0, zero))  # [BN, G]
+        w3 = tl.where(idx1 == 3, v1, tl.where(idx0 == 3, v0, zero))  # [BN, G]
+        acc = tl.dot(w0, tl.trans(x0), acc, input_precision=PRECISION)
+        acc = tl.dot(w1, tl.trans(x1), acc, input_precision=PRECISION)
+        acc = tl.dot(w2, tl.trans(x2), acc, input_precision=PRECISION)
+        acc = tl.dot(w3, tl.trans(x3), acc, input_precision=PRECISION)
+    if SPLIT:
+        tl.store(
+            out_ptr + tl.program_id(2).to(tl.int64) * stride_os + rm[None, :] * stride_om + rn[:, None] * stride_on,
+            acc,
+            mask=n_in[:, None] & m_in[None, :],
+        )
+    else:
+        _sparse24_mm_epilogue(
+            acc, rm, rn, bias_ptr, lora_t_ptr, lora_b_ptr, out_ptr, M, N, R, scale,
+            stride_bias, stride_tm, stride_tr, stride_bn, stride_br, stride_om, stride_on,
+            HAS_BIAS, HAS_LORA, INTERPRET, PRECISION, BLOCK_M, BLOCK_N, BLOCK_R,
+        )  # fmt: skip
+
+
+@triton.jit
+def _sparse24_mm_reduce_kernel(
+    part_ptr,
+    bias_ptr,
+    lora_t_ptr,
+    lora_b_ptr,
+    out_ptr,
+    M,
+    N,
+    R,
+    S,
+    scale,
+    stride_ps,
+    stride_pm,
+    stride_pn,
+    stride_bias,
+    stride_tm,
+    stride_tr,
+    stride_bn,
+    stride_br,
+    stride_om,
+    stride_on,
+    HAS_BIAS: tl.constexpr,
+    HAS_LORA: tl.constexpr,
+    INTERPRET: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+):
+    """out = Σ_s part[s] + bias + scale·T·Bᵀ: the split-K partials [S, M, N] summed in slice order (no atomics,
+    so the result is the same bits on every run), then the epilogue of the unsplit kernel, applied once."""
+    pid_n = tl.program_id(0).to(tl.int64)
+    pid_m = tl.program_id(1).to(tl.int64)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)  # [BM]
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)  # [BN]
+    inb = (rn < N)[:, None] & (rm < M)[None, :]  # [BN, BM]
+    part = part_ptr + rm[None, :] * stride_pm + rn[:, None] * stride_pn
+    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    for _ in range(0, S):
+        acc += tl.load(part, mask=inb, other=0.0)  # [BN, BM]
+        part += stride_ps
+    _sparse24_mm_epilogue(
+        acc, rm, rn, bias_ptr, lora_t_ptr, lora_b_ptr, out_ptr, M, N, R, scale,
+        stride_bias, stride_tm, stride_tr, stride_bn, stride_br, stride_om, stride_on,
+        HAS_BIAS, HAS_LORA, INTERPRET, PRECISION, BLOCK_M, BLOCK_N, BLOCK_R,
+    )  # fmt: skip
 
 
 @triton.jit
@@ -444,13 +558,43 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _mm_blocks(m: int, n: int, k: int, r: int) -> tuple[int, int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, BLOCK_R, num_warps) for mm.
+class _MMConfig(NamedTuple):
+    block_m: int
+    block_n: int
+    block_k: int
+    block_r: int
+    warps: int
+    splits: int
+    k_per_split: int
+
+
+# Split K until the grid holds this many programs per SM, each slice at least this many BLOCK_K chunks long.
+_PROGRAMS_PER_SM = 2
+_MIN_CHUNKS_PER_SPLIT = 4
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device; an H100's 132 elsewhere, so the interpreter takes the GPU's
+    decisions."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 132
+
+
+def _mm_config(m: int, n: int, k: int, r: int, sms: int, split_k: int | None = None) -> _MMConfig:
+    """Blocks, warps and the split of K for mm.
 
     Small M (decode) is bound by the weight bytes: narrow N tiles give many programs to stream them, and long K
     chunks keep many bytes in flight per program. Larger M is bound by the MMAs: square 128-wide tiles. Every
     block is clamped to the problem (at least 16, the smallest dot; BLOCK_K at least 64 so each of the four
     position planes is 16 wide).
+
+    When the (N, M) grid has fewer than _PROGRAMS_PER_SM programs per SM (N = 4096 at decode: 128 programs for
+    132 SMs), K is split in S slices, S the smallest power of two that reaches that many, as long as every slice
+    keeps _MIN_CHUNKS_PER_SPLIT chunks and the fp32 partials move no more bytes than the weight itself; slices
+    are whole chunks. A forced ``split_k`` cuts K into that many slices of whole 16-column meta words instead
+    (fewer when K is too short) and narrows BLOCK_K to a slice.
     """
     if m <= 16:
         block_m, block_n, block_k, warps = 16, 32, 256, 4
@@ -462,7 +606,19 @@ def _mm_blocks(m: int, n: int, k: int, r: int) -> tuple[int, int, int, int, int]
     block_n = min(block_n, max(16, triton.next_power_of_2(n)))
     block_k = min(block_k, max(64, triton.next_power_of_2(k)))
     block_r = min(64, max(16, triton.next_power_of_2(r)))
-    return block_m, block_n, block_k, block_r, warps
+    if split_k is None:
+        programs = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
+        chunks = triton.cdiv(k, block_k)
+        # The partials' round trip, 8·S·M·N bytes, stays within the 16-bit compressed weight's 9/8·N·K bytes.
+        most = min(chunks // _MIN_CHUNKS_PER_SPLIT, 9 * k // (64 * m))
+        splits = 1
+        while programs * splits < _PROGRAMS_PER_SM * sms and 2 * splits <= most:
+            splits *= 2
+        k_per_split = max(1, triton.cdiv(chunks, splits)) * block_k
+    else:
+        k_per_split = max(1, triton.cdiv(k // 16, split_k)) * 16
+        block_k = min(block_k, max(64, triton.next_power_of_2(k_per_split)))
+    return _MMConfig(block_m, block_n, block_k, block_r, warps, max(1, triton.cdiv(k, k_per_split)), k_per_split)
 
 
 def mm(
@@ -474,29 +630,59 @@ def mm(
     lora_b: torch.Tensor | None,
     scale: float,
     out: torch.Tensor,
+    *,
+    split_k: int | None = None,
 ) -> None:
     """out [M, N] = x [M, K]·Wsᵀ + bias [N] + scale·lora_t [M, r]·lora_b [N, r]ᵀ, Ws = decompress(values [N, K/2],
-    meta [N, K/16]); bias and the low-rank pair are optional. Any strides; one float dtype for all but meta."""
+    meta [N, K/16]); bias and the low-rank pair are optional. Any strides; one float dtype for all but meta.
+
+    Grids too small for the GPU split K (see ``_mm_config``): partial products go to an fp32 workspace [S, M, N]
+    and a second kernel sums them in a fixed order, so results are deterministic. ``split_k`` forces the number
+    of slices (tests); None chooses it.
+    """
+    if split_k is not None and split_k < 1:
+        raise ValueError(f"split_k must be a positive number of K slices or None, got {split_k}")
     m, k = x.shape
     n = values.shape[0]
     r = lora_t.shape[1] if lora_t is not None else 0
     if m == 0 or n == 0:
         return
-    block_m, block_n, block_k, block_r, warps = _mm_blocks(m, n, k, r)
-    grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m))
-    _sparse24_mm_kernel[grid](
-        x, values, meta,
-        bias if bias is not None else x, lora_t if lora_t is not None else x, lora_b if lora_b is not None else x,
-        out, m, n, k, r, float(scale),
-        x.stride(0), x.stride(1), values.stride(0), values.stride(1), meta.stride(0), meta.stride(1),
+    cfg = _mm_config(m, n, k, r, _sm_count(x.device), split_k)
+    split = cfg.splits > 1
+    grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m))
+    has_lora = lora_t is not None
+    # Absent operands stand in as x: the kernels never load them.
+    epilogue = (bias if bias is not None else x, lora_t if has_lora else x, lora_b if has_lora else x)
+    epilogue_strides = (
         bias.stride(0) if bias is not None else 0,
-        lora_t.stride(0) if lora_t is not None else 0, lora_t.stride(1) if lora_t is not None else 0,
-        lora_b.stride(0) if lora_b is not None else 0, lora_b.stride(1) if lora_b is not None else 0,
-        out.stride(0), out.stride(1),
-        HAS_BIAS=bias is not None, HAS_LORA=lora_t is not None, INTERPRET=_interpret(),
-        PRECISION=_dot_precision(x.dtype),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_R=block_r, num_warps=warps,
+        *(lora_t.stride() if has_lora else (0, 0)),
+        *(lora_b.stride() if has_lora else (0, 0)),
+    )
+    flags = {
+        "HAS_BIAS": bias is not None,
+        "HAS_LORA": has_lora,
+        "INTERPRET": _interpret(),
+        "PRECISION": _dot_precision(x.dtype),
+        "BLOCK_M": cfg.block_m,
+        "BLOCK_N": cfg.block_n,
+        "BLOCK_R": cfg.block_r,
+    }
+    # Split, the first kernel writes fp32 partials [S, M, N]; unsplit, it writes out (a slice stride of 0 keeps
+    # the unsplit kernel's specialisation independent of M).
+    target = empty((cfg.splits, m, n), torch.float32, x.device) if split else out
+    target_strides = target.stride() if split else (0, *out.stride())
+    _sparse24_mm_kernel[(*grid, cfg.splits)](
+        x, values, meta, *epilogue, target, m, n, k, r, cfg.k_per_split, float(scale),
+        x.stride(0), x.stride(1), values.stride(0), values.stride(1), meta.stride(0), meta.stride(1),
+        *epilogue_strides, *target_strides,
+        SPLIT=split, BLOCK_K=cfg.block_k, num_warps=cfg.warps, **flags,
     )  # fmt: skip
+    if split:
+        _sparse24_mm_reduce_kernel[grid](
+            target, *epilogue, out, m, n, r, cfg.splits, float(scale),
+            *target.stride(), *epilogue_strides, *out.stride(),
+            num_warps=cfg.warps, **flags,
+        )  # fmt: skip
 
 
 def _weight_grad_blocks(m: int, n: int, k: int) -> tuple[int, int, int, int]:
