@@ -408,8 +408,9 @@ __global__ void __launch_bounds__(Cfg::kThreads) sparse24_mm_kernel(const MmArgs
   }
 }
 
-template <typename T, class Cfg>
-perfkern_status_t launch_tiles(MmArgs a, cudaStream_t stream) {
+// Launches `kernel` on one CTA per BN x BM output tile of Cfg, with Cfg::kSmemBytes of dynamic shared memory.
+template <class Cfg, class Kernel>
+perfkern_status_t launch_output_tiles(Kernel kernel, MmArgs a, cudaStream_t stream, const char* name) {
   a.tiles_n = (a.n + Cfg::BN - 1) / Cfg::BN;
   a.tiles_m = (a.m + Cfg::BM - 1) / Cfg::BM;
   const int64_t tiles = a.tiles_n * a.tiles_m;
@@ -418,16 +419,21 @@ perfkern_status_t launch_tiles(MmArgs a, cudaStream_t stream) {
                                                           std::to_string(Cfg::BM) + " x " + std::to_string(Cfg::BN) +
                                                           ", got " + std::to_string(tiles));
   }
-  const auto kernel = sparse24_mm_kernel<T, Cfg>;
   if (Cfg::kSmemBytes > 48 * 1024) {
     const cudaError_t err =
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
     if (err != cudaSuccess) {
-      return detail::cuda_fail(err, "cudaFuncSetAttribute(sparse24 mm kernel, max dynamic shared memory)");
+      const std::string what = std::string("cudaFuncSetAttribute(") + name + ", max dynamic shared memory)";
+      return detail::cuda_fail(err, what.c_str());
     }
   }
   kernel<<<static_cast<unsigned int>(tiles), Cfg::kThreads, Cfg::kSmemBytes, stream>>>(a);
-  return detail::check_launch("sparse24 mm kernel");
+  return detail::check_launch(name);
+}
+
+template <typename T, class Cfg>
+perfkern_status_t launch_tiles(const MmArgs& a, cudaStream_t stream) {
+  return launch_output_tiles<Cfg>(sparse24_mm_kernel<T, Cfg>, a, stream, "sparse24 mm kernel");
 }
 
 template <typename T>

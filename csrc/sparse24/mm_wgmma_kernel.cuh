@@ -291,22 +291,8 @@ using MediumTiles = TileConfig<1, 64, 4>;
 using LargeTiles = TileConfig<2, 128, 4>;
 
 template <typename T, class Cfg>
-perfkern_status_t launch_wgmma_tiles(MmArgs a, cudaStream_t stream) {
-  a.tiles_n = (a.n + Cfg::BN - 1) / Cfg::BN;
-  a.tiles_m = (a.m + Cfg::BM - 1) / Cfg::BM;
-  const int64_t tiles = a.tiles_n * a.tiles_m;
-  if (tiles > INT32_MAX) {
-    return detail::fail(PERFKERN_ERROR_INVALID_VALUE, "m, n: expected at most 2^31 - 1 output tiles of " +
-                                                          std::to_string(Cfg::BM) + " x " + std::to_string(Cfg::BN) +
-                                                          ", got " + std::to_string(tiles));
-  }
-  const auto kernel = sparse24_mm_wgmma_kernel<T, Cfg>;
-  const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
-  if (err != cudaSuccess) {
-    return detail::cuda_fail(err, "cudaFuncSetAttribute(sparse24 wgmma kernel, max dynamic shared memory)");
-  }
-  kernel<<<static_cast<unsigned int>(tiles), Cfg::kThreads, Cfg::kSmemBytes, stream>>>(a);
-  return detail::check_launch("sparse24 wgmma kernel");
+perfkern_status_t launch_wgmma_tiles(const MmArgs& a, cudaStream_t stream) {
+  return mma::launch_output_tiles<Cfg>(sparse24_mm_wgmma_kernel<T, Cfg>, a, stream, "sparse24 wgmma kernel");
 }
 
 // Whether the wgmma kernel can run on the current device: an sm_90 device, and the binary it would

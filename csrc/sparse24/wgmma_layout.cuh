@@ -23,6 +23,10 @@ using mma::kBlockRows;
 using mma::kPadMeta;
 using mma::kStepK;
 using mma::LoadTask;
+// The metadata region of a stage and its loads have the mma.sp kernel's shape (kMetaOffset, kSteps); a block
+// past the padded weight rows is not in memory, and the kernel stores padding words there instead.
+using mma::meta_load;
+using mma::meta_smem_offset;
 
 // Rows of the canonical swizzled layout are 128 bytes; 8 rows (1024 bytes) form one swizzle atom.
 constexpr int kRowBytes = 128;
@@ -81,11 +85,6 @@ __host__ __device__ __forceinline__ int val_smem_offset(int row, int chunk) {
 template <class Cfg>
 __host__ __device__ __forceinline__ int x_smem_offset(int row, int chunk) {
   return Cfg::kXOffset + (chunk >> 3) * Cfg::kXHalfBytes + sw128_offset(row, chunk & 7);
-}
-
-template <class Cfg>
-__host__ __device__ __forceinline__ int meta_smem_offset(int block, int step) {
-  return Cfg::kMetaOffset + (block * Cfg::kSteps + step) * 32 * 4;
 }
 
 // ---- matrix descriptors ---------------------------------------------------------------------------
@@ -182,24 +181,6 @@ __host__ __device__ __forceinline__ LoadTask x_load(int v, int64_t m0, int64_t k
   t.src = (m0 + row) * row_stride + kcol;
   t.dst = x_smem_offset<Cfg>(row, chunk);
   t.valid = m0 + row < m && kcol < k;
-  return t;
-}
-
-// Chunk v (4 words) of the metadata of K tile kt; src counts 32-bit words. A block past the padded
-// weight rows is not in memory: the kernel stores padding words there instead.
-template <class Cfg>
-__host__ __device__ __forceinline__ LoadTask meta_load(int v, int64_t n0, int64_t kt, int64_t n, int64_t k) {
-  const int block = v / (Cfg::kSteps * 8);
-  const int rest = v % (Cfg::kSteps * 8);
-  const int step = rest / 8;
-  const int quarter = rest % 8;
-  const int64_t gblock = n0 / kBlockRows + block;
-  const int64_t gstep = kt * Cfg::kSteps + step;
-  const int64_t steps = k / kStepK;
-  LoadTask t;
-  t.src = (gblock * steps + gstep) * 32 + quarter * 4;
-  t.dst = meta_smem_offset<Cfg>(block, step) + quarter * 16;
-  t.valid = gblock * kBlockRows < n && gstep < steps;
   return t;
 }
 
