@@ -53,9 +53,13 @@ class TuneKey(NamedTuple):
     k: int
     rank: int  # the low-rank adapter's width rounded up to a power of two; 0 without an adapter
     bias: bool
+    # The weight is the one the previous call saw, unchanged (a frozen weight): a backend may then reuse what it
+    # derived from it. A weight that changes between calls (training, a copy built per call) makes every call
+    # pay the derivation, and the candidates are timed that way.
+    steady: bool = False
 
 
-_FIELD_KINDS = (str, str, str, int, int, int, int, bool)
+_FIELD_KINDS = (str, str, str, int, int, int, int, bool, bool)
 
 
 @dataclass(frozen=True)
@@ -73,12 +77,13 @@ class Decision:
 class Tuning:
     """How an op takes part in per-shape tuning.
 
-    ``shape(*args)`` gives (dtype, m, n, k, rank, has_bias) of a call of the op's implementations; ``outputs`` are
+    ``shape(*args)`` gives (dtype, m, n, k, rank, has_bias, steady) of a call of the op's implementations (steady:
+    see ``TuneKey``); ``outputs`` are
     the positions of the output arguments, cloned for the timed runs so the real outputs are written by the winner
     only; ``release(*args)``, if given, frees what the dense candidate cached for the call when it lost.
     """
 
-    shape: Callable[..., tuple[torch.dtype, int, int, int, int, bool]]
+    shape: Callable[..., tuple[torch.dtype, int, int, int, int, bool, bool]]
     outputs: tuple[int, ...]
     release: Callable[..., None] | None = None
 
@@ -130,11 +135,12 @@ def _pow2(n: int) -> int:
 
 def tune_key(impls: _dispatch.OpImpls, device: torch.device, args: Sequence) -> TuneKey | None:
     """The key of a call, or None for an empty product (nothing to measure, and its time says nothing about M=1)."""
-    dtype, m, n, k, rank, bias = impls.tuning.shape(*args)
+    dtype, m, n, k, rank, bias, steady = impls.tuning.shape(*args)
     if m == 0 or n == 0 or k == 0:
         return None
     rank = _pow2(rank) if rank else 0
-    return TuneKey(impls.name, device_name(device), str(dtype).removeprefix("torch."), _pow2(m), n, k, rank, bias)
+    dtype_name = str(dtype).removeprefix("torch.")
+    return TuneKey(impls.name, device_name(device), dtype_name, _pow2(m), n, k, rank, bias, steady)
 
 
 def _available(impls: _dispatch.OpImpls, device: torch.device) -> list[str]:

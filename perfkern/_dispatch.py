@@ -178,8 +178,10 @@ def run(impls: OpImpls, device: torch.device, *args):
     # the PyTorch ops inside it, the backward's included, nor those that tuning times.
     with torch.autocast(device.type, enabled=False):
         backend = select(impls, device, args)
-        _last[impls.name] = backend
-        _last["*"] = backend
         if _log.isEnabledFor(logging.DEBUG):
             _log.debug("perfkern::%s ran on %s (requested %s)", impls.name, backend, requested_backend())
-        return impls.get(backend)(*args)
+        result = impls.get(backend)(*args)
+        # Recorded after the call: an implementation may run other perfkern ops, and this op ran last.
+        _last[impls.name] = backend
+        _last["*"] = backend
+        return result

@@ -38,7 +38,7 @@ def _fake_op(declines=()):
         impls["triton"],
         preference=("triton", "reference"),
         dense=impls["dense"],
-        tuning=_autotune.Tuning(lambda x, out: (x.dtype, x.shape[0], out.shape[1], x.shape[1], 0, False), (1,)),
+        tuning=_autotune.Tuning(lambda x, out: (x.dtype, x.shape[0], out.shape[1], x.shape[1], 0, False, False), (1,)),
     )
 
 
@@ -195,7 +195,7 @@ def test_tune_cache_round_trip(gpu, monkeypatch, tmp_path):
     assert records["format"] == 1
     assert records["decisions"][0] == {
         "op": "fake_mm", "device": "test_gpu", "dtype": "float32", "m": 8, "n": 16, "k": 32, "rank": 0,
-        "bias": False, "winner": "dense", "times_ms": {"triton": 2.0, "reference": 5.0, "dense": 1.0},
+        "bias": False, "steady": False, "winner": "dense", "times_ms": {"triton": 2.0, "reference": 5.0, "dense": 1.0},
     }  # fmt: skip
     assert [r["m"] for r in records["decisions"]] == [8, 16]
     assert list(path.parent.iterdir()) == [path]  # the temporary file of the atomic write is gone
@@ -324,15 +324,36 @@ def test_dense_weight_grad_matches_reference(dtype):
 def test_dense_weight_cache_follows_in_place_writes():
     values, meta = ref.compress_2to4(torch.randn(16, 64))
     buffer = meta.view(torch.uint8).clone()  # stored as bytes, viewed as int16 at each call, as the layer does
+    # A weight not seen unchanged before is decompressed and not kept: it may change before the next call.
+    assert not ops.weight_is_steady(values, buffer.view(torch.int16))
+    assert torch.equal(ops._dense_weight(values, buffer.view(torch.int16)), ref.decompress_2to4(values, meta))
+    assert not hasattr(values.untyped_storage(), "_perfkern_dense")
+    ops.mark_weight_seen(values, buffer.view(torch.int16))
+    assert ops.weight_is_steady(values, buffer.view(torch.int16))
     first = ops._dense_weight(values, buffer.view(torch.int16))
     assert ops._dense_weight(values, buffer.view(torch.int16)) is first
     values.mul_(2)
+    assert not ops.weight_is_steady(values, buffer.view(torch.int16))
     assert torch.equal(ops._dense_weight(values, buffer.view(torch.int16)), ref.decompress_2to4(values, meta))
+    ops.mark_weight_seen(values, buffer.view(torch.int16))
     _, other_meta = ref.compress_2to4(torch.randn(16, 64))
     buffer.copy_(other_meta.view(torch.uint8))
     assert torch.equal(ops._dense_weight(values, buffer.view(torch.int16)), ref.decompress_2to4(values, other_meta))
     # A different meta tensor with the same values is never served the other's weight.
     assert torch.equal(ops._dense_weight(values, meta), ref.decompress_2to4(values, meta))
+
+
+def test_a_weight_is_steady_from_its_second_unchanged_call():
+    """The op marks the weight it ran on; a training step's in-place update makes it unsteady again, so the tune
+    key (and the dense candidate's timing) tells a frozen weight from one that changes every call."""
+    x = torch.randn(3, 32)
+    values, meta = ref.compress_2to4(torch.randn(8, 32))
+    assert not ops.weight_is_steady(values, meta)
+    torch.ops.perfkern.sparse24_mm(x, values, meta, None, None, None, 1.0)
+    assert ops.weight_is_steady(values, meta)
+    values.add_(1.0)
+    assert not ops.weight_is_steady(values, meta)
+    assert ops._mm_shape(x, values, meta, None, None, None, 1.0, None)[-1] is False
 
 
 def test_inference_tensors_are_decompressed_every_call():
@@ -353,6 +374,7 @@ def test_auto_runs_the_measured_winner_of_sparse24_mm(gpu, monkeypatch, winner):
     times = {"triton": 2.0, "reference": 5.0, "dense": 3.0, winner: 1.0}
     timer = _timer(monkeypatch, ops.MM, **times)
     args = _mm_args(7, 33, 48, 3, True, torch.float32)
+    ops.mark_weight_seen(args[1], args[2])  # a frozen weight on its second call
     out = torch.full((7, 33), float("nan"))
     _dispatch.run(ops.MM, CUDA, *args, out)
     assert timer.measured == ["triton", "reference", "dense"]
@@ -360,7 +382,7 @@ def test_auto_runs_the_measured_winner_of_sparse24_mm(gpu, monkeypatch, winner):
     assert_within_torch_error(out, *_mm_truth_and_native(*args), "y")
     # The dense copy of the weight is kept only where dense won.
     assert hasattr(args[1].untyped_storage(), "_perfkern_dense") == (winner == "dense")
-    key = _autotune.TuneKey("sparse24_mm", "test_gpu", "float32", 8, 33, 48, 4, True)
+    key = _autotune.TuneKey("sparse24_mm", "test_gpu", "float32", 8, 33, 48, 4, True, True)
     assert perfkern.autotune_report()[key].winner == winner
 
 

@@ -259,7 +259,12 @@ def _mma_meta(meta: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _cuda_mm(x, values, meta, bias, lora_t, lora_b, scale, out):
+# perfkern_sparse24_mm_kernel_t: 0 lets the core pick (wgmma.sp on sm_90 for M > 32, else mma.sp); tests and
+# benchmarks pin 1 (mma.sp) or 2 (wgmma.sp).
+CUDA_MM_KERNELS = {"auto": 0, "mma.sp": 1, "wgmma.sp": 2}
+
+
+def _cuda_mm(x, values, meta, bias, lora_t, lora_b, scale, out, kernel=0):
     reason = cuda_mm_unsupported(x)
     if reason is not None:
         raise _dispatch.BackendUnavailableError(reason)
@@ -271,7 +276,7 @@ def _cuda_mm(x, values, meta, bias, lora_t, lora_b, scale, out):
         x.stride(0), values.stride(0), bias.stride(0) if bias is not None else 0,
         lora_t.stride(0) if has_lora else 0, lora_t.stride(1) if has_lora else 0,
         lora_b.stride(0) if has_lora else 0, lora_b.stride(1) if has_lora else 0,
-        out.stride(0), _ext.DTYPE_CODES[x.dtype], x.device.index, _ext.stream_of(x),
+        out.stride(0), _ext.DTYPE_CODES[x.dtype], x.device.index, _ext.stream_of(x), kernel=kernel,
     )  # fmt: skip
 
 
@@ -280,20 +285,43 @@ def _cuda_mm(x, values, meta, bias, lora_t, lora_b, scale, out):
 # never knowingly slower than nn.Linear with LoRA.
 
 
+def _weight_key(values: torch.Tensor, meta: torch.Tensor) -> tuple | None:
+    """What identifies the weight's current contents; None for inference tensors, which keep no version."""
+    if torch.is_inference(values) or torch.is_inference(meta):
+        return None
+    return (values._version, values.data_ptr(), tuple(values.shape), values.stride(),
+            meta._version, meta.data_ptr(), tuple(meta.shape), meta.stride())  # fmt: skip
+
+
+def weight_is_steady(values: torch.Tensor, meta: torch.Tensor) -> bool:
+    """Whether the previous sparse24_mm call on this weight saw it exactly as it is now (see ``mark_weight_seen``):
+    a frozen weight is steady from its second call on; a training weight, written every step, and a backward copy
+    built per call never are."""
+    key = _weight_key(values, meta)
+    return key is not None and getattr(values.untyped_storage(), "_perfkern_seen", None) == key
+
+
+def mark_weight_seen(values: torch.Tensor, meta: torch.Tensor) -> None:
+    key = _weight_key(values, meta)
+    if key is not None:
+        values.untyped_storage()._perfkern_seen = key
+
+
 def _dense_weight(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
     """Ws [N, K], decompressed once and cached on the values' storage (so it dies with it), rebuilt whenever values
     or meta is written in place. It costs a dense copy of the weight, so only the dense backend builds it. The
     entry holds the meta it was built from, so no other meta can take that address while it lives. Inference
     tensors keep no version counter: their weight is decompressed at every call."""
-    if torch.is_inference(values) or torch.is_inference(meta):
-        return ref.decompress_2to4(values, meta)
+    key = _weight_key(values, meta)
+    if key is None or not weight_is_steady(values, meta):
+        # A weight that changed since the previous call will likely change again: decompress, keep nothing (and
+        # the timing of this candidate pays the decompression, as every call will).
+        return decompress_2to4(values, meta)
     storage = values.untyped_storage()
-    key = (values._version, values.data_ptr(), tuple(values.shape), values.stride(),
-           meta._version, meta.data_ptr(), tuple(meta.shape), meta.stride())  # fmt: skip
     cached = getattr(storage, "_perfkern_dense", None)
     if cached is not None and cached[0] == key:
         return cached[2]
-    dense = ref.decompress_2to4(values, meta)
+    dense = decompress_2to4(values, meta)
     storage._perfkern_dense = (key, meta, dense)
     return dense
 
@@ -320,17 +348,19 @@ def _dense_weight_grad(dy, x, meta, out_values):
 
 
 def _mm_shape(x, values, meta, bias, lora_t, lora_b, scale, out):
-    return x.dtype, x.shape[0], values.shape[0], x.shape[1], 0 if lora_t is None else lora_t.shape[1], bias is not None
+    rank = 0 if lora_t is None else lora_t.shape[1]
+    steady = weight_is_steady(values, meta)
+    return x.dtype, x.shape[0], values.shape[0], x.shape[1], rank, bias is not None, steady
 
 
 def _weight_grad_shape(dy, x, meta, out_values):
-    return x.dtype, dy.shape[0], dy.shape[1], x.shape[1], 0, False
+    return x.dtype, dy.shape[0], dy.shape[1], x.shape[1], 0, False, False
 
 
-# Where auto cannot measure (PERFKERN_AUTOTUNE=0, CUDA graph capture) and no table names a winner, it keeps the
-# sparse-tensor-core kernel behind Triton until that kernel has passed the GPU test suite.
+# auto (measured or not) leaves the sparse-tensor-core kernels out until they have passed the GPU test suite:
+# timing alone would pick a fast kernel whether or not it is right. PERFKERN_BACKEND=cuda runs them.
 MM = _dispatch.OpImpls(
-    "sparse24_mm", _ref_mm, f"{_TRITON}:mm", _cuda_mm, preference=("triton", "cuda", "reference"), dense=_dense_mm,
+    "sparse24_mm", _ref_mm, f"{_TRITON}:mm", _cuda_mm, preference=("triton", "reference"), dense=_dense_mm,
     tuning=_autotune.Tuning(_mm_shape, outputs=(7,), release=_drop_dense_weight),
 )  # fmt: skip
 WEIGHT_GRAD = _dispatch.OpImpls(
@@ -352,6 +382,7 @@ def sparse24_mm(
     x = rows_contiguous(x)
     out = empty((x.shape[0], values.shape[0]), x.dtype, x.device)
     _dispatch.run(MM, x.device, x, values, meta, bias, lora_t, lora_b, scale, out)
+    mark_weight_seen(values, meta)
     return out
 
 
@@ -391,6 +422,7 @@ def sparse24_linear(
     # Written through a 2-D view of an output that is not itself a view, so callers may modify it in place.
     out = empty((*x.shape[:-1], values.shape[0]), x.dtype, x.device)
     _dispatch.run(MM, x.device, x2, values, meta, bias, lora_t, lora_b, scale, out.view(-1, values.shape[0]))
+    mark_weight_seen(values, meta)
     return out
 
 
