@@ -7,13 +7,12 @@ import pytest
 import torch
 from tolerances import assert_within_torch_error
 
-from perfkern import _ext
 from perfkern.ops import sparse24 as ops
 from perfkern.reference import sparse24 as ref
 
 pytestmark = pytest.mark.gpu
 
-MMA_SP, WGMMA_SP = 1, 2
+MMA_SP, WGMMA_SP = ops.CUDA_MM_KERNELS["mma.sp"], ops.CUDA_MM_KERNELS["wgmma.sp"]
 SHAPES = [
     pytest.param(33, 64, 32, 0, id="M33-N64-K32"),
     pytest.param(64, 96, 160, 1, id="M64-N96-K160-r1"),
@@ -30,16 +29,7 @@ def _sm90() -> bool:
 
 
 def _run(kernel, x, values, meta, bias, lora_t, lora_b, scale, out):
-    has_lora = lora_t is not None
-    _ext.require().sparse24_mm(
-        x.data_ptr(), values.data_ptr(), ops._mma_meta(meta).data_ptr(), bias.data_ptr() if bias is not None else 0,
-        lora_t.data_ptr() if has_lora else 0, lora_b.data_ptr() if has_lora else 0, out.data_ptr(),
-        x.shape[0], values.shape[0], x.shape[1], lora_t.shape[1] if has_lora else 0, scale,
-        x.stride(0), values.stride(0), bias.stride(0) if bias is not None else 0,
-        lora_t.stride(0) if has_lora else 0, lora_t.stride(1) if has_lora else 0,
-        lora_b.stride(0) if has_lora else 0, lora_b.stride(1) if has_lora else 0,
-        out.stride(0), _ext.DTYPE_CODES[x.dtype], x.device.index, _ext.stream_of(x), kernel=kernel,
-    )  # fmt: skip
+    ops._cuda_mm(x, values, meta, bias, lora_t, lora_b, scale, out, kernel=kernel)
 
 
 @pytest.mark.parametrize("kernel", [MMA_SP, WGMMA_SP], ids=["mma_sp", "wgmma_sp"])
