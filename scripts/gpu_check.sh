@@ -35,7 +35,8 @@ if [ "$stage" != tests ]; then
   python3 -m pytest bench/ --benchmark-only -q --benchmark-json="$json" 2>&1 | tail -5 || status=1
   if [ -f "$json" ]; then
     python3 bench/report.py "$json"
-    cp "$json" "$out/" 2>/dev/null || true
+    python3 bench/plot.py "$json" "${json%.json}.png" || status=1
+    cp "$json" "${json%.json}.png" "$out/" 2>/dev/null || true
   fi
 fi
 exit $status
