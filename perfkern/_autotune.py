@@ -4,7 +4,8 @@ dense fallback whenever sparse would be slower).
 An op opts in with a ``Tuning`` on its ``OpImpls``. On a CUDA tensor under ``auto``, the first call of a shape
 runs every candidate (the op's available backends in its preference order, then ``dense``) on scratch outputs,
 times each with CUDA events and remembers the fastest for the process. A shape is the key ``TuneKey``: op, device,
-dtype, M rounded up to a power of two, N, K, the adapter rank rounded likewise, and whether there is a bias.
+dtype, M rounded up to a power of two, N, K, the adapter rank rounded likewise, whether there is a bias, and whether
+the weight was unchanged since the previous call.
 
 Where a choice comes from, in order: this process's earlier choice; the ``PERFKERN_TUNE_CACHE`` file; a
 measurement (unless ``PERFKERN_AUTOTUNE=0``, or a CUDA graph is being captured, or torch.compile is tracing);
@@ -78,9 +79,9 @@ class Tuning:
     """How an op takes part in per-shape tuning.
 
     ``shape(*args)`` gives (dtype, m, n, k, rank, has_bias, steady) of a call of the op's implementations (steady:
-    see ``TuneKey``); ``outputs`` are
-    the positions of the output arguments, cloned for the timed runs so the real outputs are written by the winner
-    only; ``release(*args)``, if given, frees what the dense candidate cached for the call when it lost.
+    see ``TuneKey``); ``outputs`` are the positions of the output arguments, cloned for the timed runs so the real
+    outputs are written by the winner only; ``release(*args)``, if given, frees what the dense candidate cached for
+    the call when it lost.
     """
 
     shape: Callable[..., tuple[torch.dtype, int, int, int, int, bool, bool]]
@@ -221,11 +222,13 @@ def choose(impls: _dispatch.OpImpls, device: torch.device, args: Sequence) -> st
 
 def _describe(key: TuneKey) -> str:
     bias = " bias" if key.bias else ""
-    return f"[{key.device} {key.dtype} M<={key.m} N={key.n} K={key.k} r<={key.rank}{bias}]"
+    steady = " steady weight" if key.steady else ""
+    return f"[{key.device} {key.dtype} M<={key.m} N={key.n} K={key.k} r<={key.rank}{bias}{steady}]"
 
 
 # Tables: the tune cache a user names and the tables shipped with the package share one JSON format,
-# {"format": 1, "decisions": [{"op", "device", "dtype", "m", "n", "k", "rank", "bias", "winner", "times_ms"}, ...]},
+# {"format": 1, "decisions": [{"op", "device", "dtype", "m", "n", "k", "rank", "bias", "steady", "winner",
+# "times_ms"}, ...]},
 # so a tune cache written on a GPU can be shipped as that GPU's table as it is.
 
 

@@ -28,10 +28,6 @@ def _sm90() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
 
 
-def _run(kernel, x, values, meta, bias, lora_t, lora_b, scale, out):
-    ops._cuda_mm(x, values, meta, bias, lora_t, lora_b, scale, out, kernel=kernel)
-
-
 @pytest.mark.parametrize("kernel", [MMA_SP, WGMMA_SP], ids=["mma_sp", "wgmma_sp"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("m,n,k,r", SHAPES)
@@ -50,7 +46,7 @@ def test_kernel_matches_reference(kernel, dtype, m, n, k, r, layout):
     lora_b = torch.randn(r, n, device=dev).to(dtype).t() if r else None
     out_full = torch.full((m, n + pad), float("nan"), device=dev, dtype=dtype)
     out = out_full[:, :n]
-    _run(kernel, x, values, meta, bias, lora_t, lora_b, 0.5, out)
+    ops._cuda_mm(x, values, meta, bias, lora_t, lora_b, 0.5, out, kernel=kernel)
     torch.cuda.synchronize()
     assert not out.isnan().any(), "outputs left unwritten"
     if pad:
@@ -71,4 +67,4 @@ def test_wgmma_elsewhere_says_why():
     values, meta = ref.compress_2to4(torch.randn(64, 64, device="cuda", dtype=torch.float16))
     out = torch.empty(64, 64, device="cuda", dtype=torch.float16)
     with pytest.raises(RuntimeError, match="wgmma.sp kernel needs an sm_90 device"):
-        _run(WGMMA_SP, x, values, meta, None, None, None, 1.0, out)
+        ops._cuda_mm(x, values, meta, None, None, None, 1.0, out, kernel=WGMMA_SP)
