@@ -15,35 +15,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from perfkern.calibration import (
-    apply_sparsegpt_2to4,
-    collect_hessians,
-    gaussian_perturbation,
-    perturbation_scores,
-    pip_layer_scores,
-    pip_prune_blocks,
-    sparsegpt_prune_2to4,
-    sparsity_summary,
-    summarize,
-    token_dropout_perturbation,
-    wanda_scores,
-)
 from perfkern.ops import sparse24 as _ops
 from perfkern.ops._common import check_2d, check_float, check_k16, check_same_device, shape_str
 from perfkern.reference import sparse24 as _ref
 
 __all__ = [
-    "wanda_scores",
-    "perturbation_scores",
-    "gaussian_perturbation",
-    "token_dropout_perturbation",
-    "pip_layer_scores",
-    "pip_prune_blocks",
-    "collect_hessians",
-    "sparsegpt_prune_2to4",
-    "apply_sparsegpt_2to4",
-    "sparsity_summary",
-    "summarize",
     "mask_2to4",
     "double_mask_2to4",
     "compress_2to4",
