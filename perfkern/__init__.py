@@ -6,9 +6,10 @@ Backends (DESIGN §1): ``cuda`` (the compiled core, ``perfkern._C``), ``triton``
 and a dense cuBLAS fallback per shape, and ``autotune_report`` says what it chose and why.
 """
 
-from perfkern import dendrites, ops, sparsity
+from perfkern import calibration, dendrites, ops, sparsity
 from perfkern._autotune import autotune_report
-from perfkern._dispatch import BackendUnavailableError, available_backends, last_backend, use_backend
+from perfkern._dispatch import available_backends, last_backend, use_backend
+from perfkern._errors import BackendUnavailableError
 from perfkern.functional import dendrite_correlation, pera_adapter, pera_delta_weight, sparse24_linear
 from perfkern.nn import PeraLinear, SkippedLayer, SparseLoRALinear, merge, sparsify
 
@@ -21,6 +22,7 @@ __all__ = [
     "SparseLoRALinear",
     "autotune_report",
     "available_backends",
+    "calibration",
     "dendrite_correlation",
     "dendrites",
     "last_backend",

@@ -1,11 +1,13 @@
-"""Per-shape backend choice for ``auto`` on a GPU (DESIGN §1: the fastest available backend for the shape, with a
+"""Per-shape measurement for ``auto`` on a GPU (DESIGN §1: the fastest available backend for the shape, with a
 dense fallback whenever sparse would be slower).
 
-An op opts in with a ``Tuning`` on its ``OpImpls``. On a CUDA tensor under ``auto``, the first call of a shape
-runs every candidate (the op's available backends in its preference order, then ``dense``) on scratch outputs,
-times each with CUDA events and remembers the fastest for the process. A shape is the key ``TuneKey``: op, device,
-dtype, M rounded up to a power of two, N, K, the adapter rank rounded likewise, whether there is a bias, and whether
-the weight was unchanged since the previous call.
+This module measures and keeps the tables; ``perfkern._dispatch`` decides, and calls ``choose`` with the
+candidates that can run (it sits above this module, which knows nothing of ops or backends beyond the callables
+it is handed). An op opts in with a ``Tuning`` on its ``OpImpls``. On a CUDA tensor under ``auto``, the first call
+of a shape runs every candidate (the op's available backends in its preference order, then ``dense``) on scratch
+outputs, times each with CUDA events and remembers the fastest for the process. A shape is the key ``TuneKey``: op,
+device, dtype, M rounded up to a power of two, N, K, the adapter rank rounded likewise, whether there is a bias, and
+whether the weight was unchanged since the previous call.
 
 Where a choice comes from, in order: this process's earlier choice; the ``PERFKERN_TUNE_CACHE`` file; a
 measurement (unless ``PERFKERN_AUTOTUNE=0``, or a CUDA graph is being captured, or torch.compile is tracing);
@@ -31,7 +33,7 @@ from typing import NamedTuple
 
 import torch
 
-from perfkern import _dispatch
+from perfkern._errors import BackendUnavailableError
 
 _ENV = "PERFKERN_AUTOTUNE"
 _CACHE_ENV = "PERFKERN_TUNE_CACHE"
@@ -88,9 +90,6 @@ class Tuning:
     outputs: tuple[int, ...]
     release: Callable[..., None] | None = None
 
-    def choose(self, impls: _dispatch.OpImpls, device: torch.device, args: Sequence) -> str:
-        return choose(impls, device, args)
-
 
 _decisions: dict[TuneKey, Decision] = {}
 _tables: dict[Path, dict[TuneKey, Decision]] = {}
@@ -134,18 +133,15 @@ def _pow2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
-def tune_key(impls: _dispatch.OpImpls, device: torch.device, args: Sequence) -> TuneKey | None:
-    """The key of a call, or None for an empty product (nothing to measure, and its time says nothing about M=1)."""
-    dtype, m, n, k, rank, bias, steady = impls.tuning.shape(*args)
+def tune_key(op: str, tuning: Tuning, device: torch.device, args: Sequence) -> TuneKey | None:
+    """The key of a call of ``op``, or None for an empty product (nothing to measure, and its time says nothing
+    about M=1)."""
+    dtype, m, n, k, rank, bias, steady = tuning.shape(*args)
     if m == 0 or n == 0 or k == 0:
         return None
     rank = _pow2(rank) if rank else 0
     dtype_name = str(dtype).removeprefix("torch.")
-    return TuneKey(impls.name, device_name(device), dtype_name, _pow2(m), n, k, rank, bias, steady)
-
-
-def _available(impls: _dispatch.OpImpls, device: torch.device) -> list[str]:
-    return [b for b in impls.preference if impls.has(b) and _dispatch.unavailable_reason(b, device) is None]
+    return TuneKey(op, device_name(device), dtype_name, _pow2(m), n, k, rank, bias, steady)
 
 
 def _may_measure(device: torch.device) -> bool:
@@ -169,50 +165,50 @@ def measure(fn: Callable, args: Sequence, device: torch.device) -> float:
 
 
 def _measure_all(
-    impls: _dispatch.OpImpls, device: torch.device, args: Sequence, candidates: list[str], static: str
+    op: str, tuning: Tuning, device: torch.device, args: Sequence, candidates: dict[str, Callable], static: str
 ) -> Decision:
     scratch = list(args)
-    for i in impls.tuning.outputs:
+    for i in tuning.outputs:
         scratch[i] = args[i].clone()
     times: dict[str, float] = {}
-    for backend in candidates:
-        fn = impls.get(backend)
+    for backend, fn in candidates.items():
         try:
             # The first run also tells whether the backend takes this call at all (dtype, alignment), and builds
             # what a backend caches per weight, so the timed runs see its steady state.
             fn(*scratch)
-        except _dispatch.BackendUnavailableError as err:
-            _log.debug("perfkern::%s: %s skipped: %s", impls.name, backend, err)
+        except BackendUnavailableError as err:
+            _log.debug("perfkern::%s: %s skipped: %s", op, backend, err)
             continue
         times[backend] = measure(fn, scratch, device)
     winner = min(times, key=times.__getitem__) if times else static
-    if winner != "dense" and "dense" in times and impls.tuning.release is not None:
-        impls.tuning.release(*args)
+    if winner != "dense" and "dense" in times and tuning.release is not None:
+        tuning.release(*args)
     return Decision(winner, times, "measured")
 
 
-def choose(impls: _dispatch.OpImpls, device: torch.device, args: Sequence) -> str:
-    """The backend ``auto`` runs this call of ``impls`` on, for a CUDA ``device``; measured on first use per key."""
+def choose(op: str, tuning: Tuning, device: torch.device, args: Sequence, candidates: dict[str, Callable]) -> str:
+    """The backend to run this call of ``op`` on, for a CUDA ``device``, among ``candidates`` (backend name ->
+    implementation, in the op's preference order, ``"dense"`` last where the op has it; the first is the static
+    choice); measured on first use per key."""
     enabled = autotune_enabled()
-    key = tune_key(impls, device, args)
+    key = tune_key(op, tuning, device, args)
     if key is not None and key in _decisions:
         return _decisions[key].winner
-    available = _available(impls, device)
-    static = available[0] if available else "reference"
+    static = next((b for b in candidates if b != "dense"), "reference")
     if key is None:
         return static
-    candidates = [*available, "dense"] if impls.has("dense") else available
+    names = list(candidates)
     path = _cache_path()
-    decision = _lookup(path, "tune cache", key, candidates) if path is not None else None
+    decision = _lookup(path, "tune cache", key, names) if path is not None else None
     if decision is None and enabled and _may_measure(device):
-        decision = _measure_all(impls, device, args, candidates, static)
+        decision = _measure_all(op, tuning, device, args, candidates, static)
         if _log.isEnabledFor(logging.DEBUG):
             times = ", ".join(f"{b} {t:.4f} ms" for b, t in decision.times_ms.items())
-            _log.debug("perfkern::%s %s: %s; %s runs", impls.name, _describe(key), times, decision.winner)
+            _log.debug("perfkern::%s %s: %s; %s runs", op, _describe(key), times, decision.winner)
         if path is not None:
             _save(path, key, decision)
     if decision is None:
-        decision = _lookup(TABLE_DIR / f"{key.device}.json", "shipped table", key, candidates)
+        decision = _lookup(TABLE_DIR / f"{key.device}.json", "shipped table", key, names)
         if decision is None or enabled:
             # With measuring on, a shipped choice only stands in until a call of this shape can be timed.
             return static if decision is None else decision.winner

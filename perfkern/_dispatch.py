@@ -20,12 +20,12 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:
-    from perfkern._autotune import Tuning
+from perfkern import _autotune, _ext
+from perfkern._autotune import Tuning
+from perfkern._errors import BackendUnavailableError
 
 BACKENDS = ("cuda", "triton", "reference")
 _CHOICES = ("auto", *BACKENDS)
@@ -34,10 +34,6 @@ _ENV = "PERFKERN_BACKEND"
 _log = logging.getLogger("perfkern")
 _override: contextvars.ContextVar[str | None] = contextvars.ContextVar("perfkern_backend", default=None)
 _last: dict[str, str] = {}
-
-
-class BackendUnavailableError(RuntimeError):
-    """A backend that was asked for explicitly cannot run this call."""
 
 
 def _check_name(name: str, source: str) -> str:
@@ -78,8 +74,6 @@ def _triton_import_error() -> str | None:
 
 
 def _cuda_unavailable_reason(device: torch.device) -> str | None:
-    from perfkern import _ext
-
     if device.type != "cuda":
         return f"the cuda backend runs on CUDA tensors, got a {device.type} tensor"
     return _ext.unavailable_reason()
@@ -164,12 +158,11 @@ def select(impls: OpImpls, device: torch.device, args: tuple = ()) -> str:
         return requested
     if device.type == "cpu" and not triton_interpret():
         return "reference"
+    available = [b for b in impls.preference if impls.has(b) and unavailable_reason(b, device) is None]
     if impls.tuning is not None and device.type == "cuda":
-        return impls.tuning.choose(impls, device, args)
-    for backend in impls.preference:
-        if impls.has(backend) and unavailable_reason(backend, device) is None:
-            return backend
-    return "reference"
+        names = [*available, "dense"] if impls.has("dense") else available
+        return _autotune.choose(impls.name, impls.tuning, device, args, {b: impls.get(b) for b in names})
+    return available[0] if available else "reference"
 
 
 def run(impls: OpImpls, device: torch.device, *args):
