@@ -39,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from perfkern.ops._common import nonempty, rows_contiguous
+from ._common import nonempty, rows_contiguous
 
 
 @triton.jit

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from perfkern.ops._common import empty
+from ._common import empty
 
 
 @triton.jit

@@ -1,36 +1,16 @@
-"""What every op module shares: output allocation (NaN-poisoned under test) and argument checks."""
+"""What every op module shares: argument checks, and the allocation and stride helpers of the kernel layer below."""
 
 from __future__ import annotations
 
 import torch
 
+# Re-exported: the op modules take every helper from here.
+from perfkern.kernels._common import empty as empty
+from perfkern.kernels._common import nonempty as nonempty
+from perfkern.kernels._common import rows_contiguous as rows_contiguous
+from perfkern.kernels._common import set_poison as set_poison
+
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-_poison = False
-
-# Patterns that no kernel writes by accident: NaN for floats, 0xAAAA for integers, 0xAA bytes for bools.
-_INT_POISON = {torch.int16: -21846, torch.int32: -1431655766, torch.int64: -6148914691236517206, torch.uint8: 0xAA}
-
-
-def set_poison(enabled: bool) -> bool:
-    """Fill every output perfkern allocates with a poison pattern before kernels run (tests use this so that an
-    element a kernel forgets to write fails the comparison). Returns the previous setting."""
-    global _poison
-    previous, _poison = _poison, enabled
-    return previous
-
-
-def empty(shape: tuple[int, ...] | list[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``torch.empty`` for op outputs; poisoned when ``set_poison(True)``."""
-    out = torch.empty(shape, dtype=dtype, device=device)
-    if _poison:
-        if dtype.is_floating_point:
-            out.fill_(float("nan"))
-        elif dtype == torch.bool:
-            out.view(torch.uint8).fill_(0xAA)
-        else:
-            out.fill_(_INT_POISON[dtype])
-    return out
 
 
 def shape_str(shape) -> str:
@@ -60,15 +40,3 @@ def check_same_device(**tensors: torch.Tensor) -> None:
     if len(set(devices.values())) > 1:
         listed = ", ".join(f"{name} on {d}" for name, d in devices.items())
         raise ValueError(f"tensors must be on one device, got {listed}")
-
-
-def rows_contiguous(t: torch.Tensor) -> torch.Tensor:
-    """``t`` with unit last-dimension stride (other strides free), copying only when needed: a last dimension of
-    size 0 or 1 is never stepped along, so its stride does not matter."""
-    return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
-
-
-def nonempty(t: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
-    """``t``, or ``fallback`` when ``t`` is empty: Triton cannot take an empty tensor's null pointer, and a kernel
-    never dereferences a pointer to an empty operand, so any tensor stands in."""
-    return t if t.numel() > 0 else fallback
