@@ -1,13 +1,16 @@
 """Build script of perfkern.
 
 The Python packages are plain setuptools: ``perfkern`` from ``perfkern/`` and ``perfkern.kernels``
-from the top-level ``kernels/`` directory. The optional native module ``perfkern._C`` is built by
-CMake (see CMakeLists.txt), driven from a ``build_ext`` subclass.
+from the top-level ``kernels/`` directory. The native module ``perfkern._C`` (the torch-free core: CPU
+kernels, and CUDA kernels where nvcc is found) is built by CMake (see CMakeLists.txt), driven from a
+``build_ext`` subclass. Without CMake or a C++ compiler perfkern installs as pure Python.
 
 Environment:
-  PERFKERN_BUILD_CUDA   auto (default): build perfkern._C when nvcc is found (PATH, CUDA_HOME,
-                        CUDA_PATH) and cmake is available, else install pure Python;
-                        1: build it, failing when nvcc or cmake is missing; 0: pure Python.
+  PERFKERN_BUILD_NATIVE auto (default): build perfkern._C when CMake >= 3.24 and a C++ compiler are
+                        found, else install pure Python; 1: build it, failing when they are missing;
+                        0: pure Python.
+  PERFKERN_BUILD_CUDA   auto (default): compile the CUDA kernels into perfkern._C when nvcc is found
+                        (PATH, CUDA_HOME, CUDA_PATH); 1: require nvcc; 0: a CPU-only core.
   PERFKERN_CUDA_ARCHS   CUDA architectures, default "80;90a".
   MAX_JOBS              parallel compile jobs (default: the CPU count).
 """
@@ -31,15 +34,15 @@ def _log(msg):
     print(f"perfkern setup: {msg}", file=sys.stderr, flush=True)
 
 
-def _build_mode():
-    raw = os.environ.get("PERFKERN_BUILD_CUDA", "auto").strip().lower()
+def _build_mode(var):
+    raw = os.environ.get(var, "auto").strip().lower()
     if raw in ("", "auto"):
         return "auto"
     if raw in ("1", "on", "true", "yes"):
         return "1"
     if raw in ("0", "off", "false", "no"):
         return "0"
-    raise SystemExit(f"PERFKERN_BUILD_CUDA must be auto, 0 or 1, got {raw!r}")
+    raise SystemExit(f"{var} must be auto, 0 or 1, got {raw!r}")
 
 
 def _find_nvcc():
@@ -75,24 +78,35 @@ def _find_cmake():
     return cmake, None
 
 
+def _find_cxx():
+    for candidate in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if candidate and shutil.which(candidate):
+            return shutil.which(candidate)
+    return None
+
+
 def _native_toolchain():
-    """(nvcc, cmake) when perfkern._C is to be built, else None."""
-    mode = _build_mode()
-    if mode == "0":
-        _log("PERFKERN_BUILD_CUDA=0: installing pure Python (no perfkern._C)")
+    """(nvcc or None, cmake) when perfkern._C is to be built, else None."""
+    native = _build_mode("PERFKERN_BUILD_NATIVE")
+    if native == "0":
+        _log("PERFKERN_BUILD_NATIVE=0: installing pure Python (no perfkern._C)")
         return None
-    nvcc = _find_nvcc()
     cmake, cmake_problem = _find_cmake()
-    problems = []
-    if nvcc is None:
-        problems.append("nvcc was not found on PATH or under CUDA_HOME / CUDA_PATH")
-    if cmake is None:
-        problems.append(cmake_problem)
+    problems = [cmake_problem] if cmake is None else []
+    if _find_cxx() is None:
+        problems.append("no C++ compiler was found (CXX, c++, g++, clang++)")
     if problems:
-        if mode == "1":
-            raise SystemExit("PERFKERN_BUILD_CUDA=1 but the CUDA extension cannot be built: " + "; ".join(problems))
+        if native == "1":
+            raise SystemExit("PERFKERN_BUILD_NATIVE=1 but perfkern._C cannot be built: " + "; ".join(problems))
         _log("not building perfkern._C (" + "; ".join(problems) + "); installing pure Python")
         return None
+    cuda = _build_mode("PERFKERN_BUILD_CUDA")
+    nvcc = None if cuda == "0" else _find_nvcc()
+    if nvcc is None:
+        if cuda == "1":
+            raise SystemExit("PERFKERN_BUILD_CUDA=1 but nvcc was not found on PATH or under CUDA_HOME / CUDA_PATH")
+        why = "PERFKERN_BUILD_CUDA=0" if cuda == "0" else "nvcc was not found on PATH or under CUDA_HOME / CUDA_PATH"
+        _log(f"building perfkern._C without CUDA kernels ({why}): the CPU kernels only")
     return nvcc, cmake
 
 
@@ -126,7 +140,7 @@ class CMakeBuild(build_ext):
             "-B",
             str(build_dir),
             f"-DCMAKE_BUILD_TYPE={config}",
-            f"-DCMAKE_CUDA_COMPILER={ext.nvcc}",
+            *([f"-DCMAKE_CUDA_COMPILER={ext.nvcc}", "-DPERFKERN_CUDA=ON"] if ext.nvcc else ["-DPERFKERN_CUDA=OFF"]),
             "-DPERFKERN_BUILD_PYTHON=ON",
             "-DPERFKERN_INSTALL=OFF",
             f"-DPERFKERN_CUDA_ARCHS={archs}",
@@ -142,7 +156,8 @@ class CMakeBuild(build_ext):
         if not (build_dir / "CMakeCache.txt").exists() and shutil.which("ninja"):
             args += ["-G", "Ninja"]
 
-        _log(f"building perfkern._C for CUDA archs {archs} with {jobs} jobs in {build_dir}")
+        what = f"CUDA archs {archs}" if ext.nvcc else "the CPU only (no CUDA)"
+        _log(f"building perfkern._C for {what} with {jobs} jobs in {build_dir}")
         self._run(args)
         self._run([ext.cmake, "--build", str(build_dir), "--target", "_C", "--parallel", str(jobs)])
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds the torch-free CUDA core with CMake (archs 80;90a, no Python module), installs it to a
-# temporary prefix, then builds and runs the examples/cpp consumer against that prefix through
-# find_package(perfkern). Without a GPU the consumer reports "no CUDA device" and exits 0.
+# Builds the torch-free core with CMake (no Python module) and installs it to a temporary prefix, then
+# builds and runs the examples/cpp consumer against that prefix through find_package(perfkern). The core is
+# built twice: the CUDA flavour (archs 80;90a) and the CPU-only flavour (PERFKERN_CUDA=OFF, as on a machine
+# without the CUDA toolkit). Without a GPU the consumer reports "no CUDA device" and exits 0.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,27 +21,35 @@ run() {
   "$@"
 }
 
-echo "== perfkern core: configure (archs ${archs}) =="
-run cmake -S "${repo}" -B "${work}/build" "${generator[@]}" \
-  -DCMAKE_BUILD_TYPE=Release \
-  -DPERFKERN_BUILD_PYTHON=OFF \
-  "-DPERFKERN_CUDA_ARCHS=${archs}" \
-  "-DCMAKE_INSTALL_PREFIX=${work}/prefix"
+build_and_consume() {
+  local flavor="$1"
+  shift
+  echo "== perfkern core (${flavor}): configure =="
+  run cmake -S "${repo}" -B "${work}/build-${flavor}" "${generator[@]}" \
+    -DCMAKE_BUILD_TYPE=Release \
+    -DPERFKERN_BUILD_PYTHON=OFF \
+    "-DCMAKE_INSTALL_PREFIX=${work}/prefix-${flavor}" "$@"
 
-echo "== perfkern core: build =="
-start=${SECONDS}
-run cmake --build "${work}/build" --parallel "${jobs}"
-echo "core built in $((SECONDS - start)) s"
+  echo "== perfkern core (${flavor}): build =="
+  local start=${SECONDS}
+  run cmake --build "${work}/build-${flavor}" --parallel "${jobs}"
+  echo "core built in $((SECONDS - start)) s"
 
-echo "== perfkern core: install =="
-run cmake --install "${work}/build"
+  echo "== perfkern core (${flavor}): install =="
+  run cmake --install "${work}/build-${flavor}"
 
-echo "== consumer (examples/cpp): configure + build against the installed package =="
-run cmake -S "${repo}/examples/cpp" -B "${work}/example" "${generator[@]}" \
-  -DCMAKE_BUILD_TYPE=Release \
-  "-DCMAKE_PREFIX_PATH=${work}/prefix"
-run cmake --build "${work}/example" --parallel "${jobs}"
+  echo "== consumer (examples/cpp) against the ${flavor} package: configure + build + run =="
+  run cmake -S "${repo}/examples/cpp" -B "${work}/example-${flavor}" "${generator[@]}" \
+    -DCMAKE_BUILD_TYPE=Release \
+    "-DCMAKE_PREFIX_PATH=${work}/prefix-${flavor}"
+  run cmake --build "${work}/example-${flavor}" --parallel "${jobs}"
+  local out
+  out="$("${work}/example-${flavor}/perfkern_example")"
+  echo "${out}"
+  grep -q "(${flavor} build" <<<"${out}"
+}
 
-echo "== consumer: run =="
-run "${work}/example/perfkern_example"
+build_and_consume cuda -DPERFKERN_CUDA=ON "-DPERFKERN_CUDA_ARCHS=${archs}"
+# The CPU-only flavour must configure and build with no CUDA toolkit in sight: hide nvcc from CMake.
+build_and_consume cpu -DPERFKERN_CUDA=OFF -DCMAKE_CUDA_COMPILER=/nonexistent
 echo "build_core: OK"

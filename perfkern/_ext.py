@@ -1,7 +1,8 @@
-"""The compiled CUDA core (``perfkern._C``), loaded on first use.
+"""The compiled core (``perfkern._C``), loaded on first use.
 
-``import perfkern`` never needs it: only an op sent to the cuda backend does, and then a missing or unusable
-extension gives an error that says what to do.
+``import perfkern`` never needs it: only an op sent to a native backend does, and then a missing or unusable
+extension gives an error that says what to do. The core is built with the host C++ compiler; its CUDA kernels are
+in it only when nvcc was found at install (``build_flavor() == "cuda"``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def unavailable_reason() -> str | None:
     module, reason = _load()
     if module is None:
         return reason
+    if module.build_flavor() != "cuda":
+        return f"perfkern._C was built without CUDA kernels (flavour {module.build_flavor()!r}); {_BUILD_HINT}"
     if not torch.cuda.is_available():
         return "torch sees no CUDA device (a CPU build of torch, or no GPU/driver)"
     if module.device_count() == 0:
@@ -51,8 +54,9 @@ def require() -> ModuleType:
     return _load()[0]
 
 
-def stream_of(t: torch.Tensor) -> int:
-    return torch.cuda.current_stream(t.device).cuda_stream
+def stream_of(device: torch.device) -> int:
+    """The current CUDA stream of ``device`` as an int, for the core's launchers."""
+    return torch.cuda.current_stream(device).cuda_stream
 
 
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}

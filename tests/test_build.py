@@ -1,7 +1,10 @@
-"""The package imports and reports itself with or without the compiled core; the core, when built, is sane."""
+"""The package imports and reports itself with or without the compiled core; the core, when built, is sane; the
+C ABI is the same in every flavour of the build."""
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,9 +24,10 @@ def test_cuda_backend_error_says_what_to_do():
 def test_extension_reports_itself():
     module = _ext.extension()
     if module is None:
-        pytest.skip("perfkern._C is not built (PERFKERN_BUILD_CUDA=0 or no nvcc)")
+        pytest.skip("perfkern._C is not built (PERFKERN_BUILD_NATIVE=0, or no CMake / C++ compiler)")
     assert module.version() == perfkern.__version__
-    assert module.cuda_archs()
+    assert module.build_flavor() in ("cuda", "cpu")
+    assert bool(module.cuda_archs()) == (module.build_flavor() == "cuda")
     count = module.device_count()
     if not torch.cuda.is_available():
         assert count == 0
@@ -40,3 +44,16 @@ def test_main_reports_versions_and_backends():
     ).stdout
     assert f"perfkern {perfkern.__version__}" in out
     assert "backends available" in out
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_cuda_launcher_has_a_cpu_only_stub():
+    # A build without CUDA keeps the ABI: every launcher of the header that takes a stream is defined in
+    # csrc/common/no_cuda.cpp, returning PERFKERN_ERROR_NOT_SUPPORTED.
+    header = (ROOT / "csrc/include/perfkern/perfkern.h").read_text()
+    launchers = set(re.findall(r"PERFKERN_API perfkern_status_t (\w+)\([^;]*cudaStream_t stream\)", header))
+    stubs = set(re.findall(r"^PERFKERN_NO_CUDA\((\w+),", (ROOT / "csrc/common/no_cuda.cpp").read_text(), re.M))
+    assert "perfkern_sparse24_mm" in launchers
+    assert launchers == stubs

@@ -1,12 +1,12 @@
-// Internal helpers shared by the C API implementation: error reporting, parameter checks, the
-// device guard and launch sizing. Not installed; nothing here is part of the ABI.
+// Internal helpers shared by the C API implementation: error reporting and parameter checks, for every
+// part of the core (CUDA, emulated, CPU). The CUDA runtime's helpers are in common/cuda_internal.h. Not
+// installed; nothing here is part of the ABI.
 #ifndef PERFKERN_COMMON_INTERNAL_H_
 #define PERFKERN_COMMON_INTERNAL_H_
 
 #include <cstdint>
+#include <cstddef>
 #include <string>
-
-#include <cuda_runtime_api.h>
 
 #include "perfkern/perfkern.h"
 
@@ -15,11 +15,6 @@ namespace detail {
 
 // Records msg as the calling thread's last error and returns status.
 perfkern_status_t fail(perfkern_status_t status, const std::string& msg);
-
-// Maps a CUDA runtime error to a status, records "<what>: <cudaGetErrorString>" and clears the
-// runtime's (non-sticky) error state. No device / no driver maps to PERFKERN_ERROR_NO_DEVICE, a
-// missing kernel image to PERFKERN_ERROR_NOT_SUPPORTED, everything else to PERFKERN_ERROR_CUDA.
-perfkern_status_t cuda_fail(cudaError_t err, const char* what);
 
 // Parameter checks. Each returns PERFKERN_SUCCESS or records a message naming the field, the
 // expectation and the actual value, and returns PERFKERN_ERROR_INVALID_VALUE.
@@ -38,30 +33,6 @@ size_t dtype_size(perfkern_dtype_t dtype);
 // True when 16-byte vector accesses at element offsets that are multiples of 16 bytes are aligned:
 // the base pointer is 16-byte aligned and so is every row start.
 bool vector_friendly(const void* ptr, int64_t row_stride, size_t elem_size, int64_t rows);
-
-// Makes params' device current for its lifetime and restores the previous device afterwards.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device);
-  ~DeviceGuard();
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
-  // PERFKERN_SUCCESS once the device is current; otherwise the failure (already recorded).
-  perfkern_status_t status() const { return status_; }
-
- private:
-  int previous_ = -1;
-  bool switched_ = false;
-  perfkern_status_t status_ = PERFKERN_SUCCESS;
-};
-
-// Number of blocks for a grid-stride kernel over `items` work items: enough to cover the work,
-// capped at a few waves of the current device.
-perfkern_status_t grid_size(int device, int64_t items, int threads_per_block, unsigned int* blocks);
-
-// Checks the launch that was just enqueued.
-perfkern_status_t check_launch(const char* kernel);
 
 }  // namespace detail
 }  // namespace perfkern

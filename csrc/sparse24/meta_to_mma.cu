@@ -1,6 +1,6 @@
 #include <cstdint>
 
-#include "common/internal.h"
+#include "common/cuda_internal.h"
 #include "perfkern/perfkern.h"
 #include "sparse24/mma_layout.cuh"
 

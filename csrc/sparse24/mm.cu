@@ -2,7 +2,7 @@
 #include <mutex>
 #include <string>
 
-#include "common/internal.h"
+#include "common/cuda_internal.h"
 #include "perfkern/perfkern.h"
 #include "sparse24/mm_kernel.cuh"
 #include "sparse24/mm_wgmma_kernel.cuh"

@@ -16,7 +16,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include "common/internal.h"
+#include "common/cuda_internal.h"
 #include "perfkern/perfkern.h"
 #include "sparse24/mma_layout.cuh"
 

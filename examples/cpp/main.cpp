@@ -1,26 +1,31 @@
 // Minimal consumer of perfkern's C API: prints the build, lists the device and, when there is one,
-// checks a compress -> decompress round trip of a 64x64 fp32 matrix that already is 2:4 sparse.
+// checks a compress -> decompress round trip of a 64x64 fp32 matrix that already is 2:4 sparse. Against a
+// build without CUDA (PERFKERN_EXAMPLE_CUDA undefined) it reports the build and that it has no device.
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <vector>
 
-#include <cuda_runtime.h>
 #include <perfkern/perfkern.h>
+#ifdef PERFKERN_EXAMPLE_CUDA
+#include <cuda_runtime.h>
+#endif
 
 namespace {
 
-bool cuda_ok(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) {
-    std::fprintf(stderr, "%s failed: %s\n", what, cudaGetErrorString(err));
+bool perfkern_ok(perfkern_status_t status, const char* what) {
+  if (status != PERFKERN_SUCCESS) {
+    std::fprintf(stderr, "%s failed: %s: %s\n", what, perfkern_status_string(status), perfkern_last_error());
     return false;
   }
   return true;
 }
 
-bool perfkern_ok(perfkern_status_t status, const char* what) {
-  if (status != PERFKERN_SUCCESS) {
-    std::fprintf(stderr, "%s failed: %s: %s\n", what, perfkern_status_string(status), perfkern_last_error());
+#ifdef PERFKERN_EXAMPLE_CUDA
+
+bool cuda_ok(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) {
+    std::fprintf(stderr, "%s failed: %s\n", what, cudaGetErrorString(err));
     return false;
   }
   return true;
@@ -113,11 +118,13 @@ int round_trip(int device) {
               static_cast<long long>(kRows), static_cast<long long>(kCols));
   return 0;
 }
+#endif  // PERFKERN_EXAMPLE_CUDA
 
 }  // namespace
 
 int main() {
-  std::printf("perfkern %s (CUDA archs %s)\n", perfkern_version(), perfkern_cuda_archs());
+  std::printf("perfkern %s (%s build, CUDA archs '%s')\n", perfkern_version(), perfkern_build_flavor(),
+              perfkern_cuda_archs());
   int count = 0;
   const perfkern_status_t status = perfkern_device_count(&count);
   if (status != PERFKERN_SUCCESS || count == 0) {
@@ -129,5 +136,9 @@ int main() {
   if (!perfkern_ok(perfkern_device_info(0, &info), "perfkern_device_info")) return 1;
   std::printf("device 0: %s, compute capability %d.%d, %d SMs, %lld bytes\n", info.name, info.major, info.minor,
               info.multiprocessor_count, static_cast<long long>(info.total_global_mem));
+#ifdef PERFKERN_EXAMPLE_CUDA
   return round_trip(0);
+#else
+  return 0;
+#endif
 }

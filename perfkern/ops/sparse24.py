@@ -52,31 +52,41 @@ def _rs(t: torch.Tensor | None) -> int:
     return 0 if t is None else t.stride(0)
 
 
+def _launch(name: str, device: torch.device, **fields) -> None:
+    """Run the core's launcher ``name`` on the current stream of ``device``; tensors are passed as pointers, None
+    as NULL."""
+    fields = {key: _ptr(v) if v is None or isinstance(v, torch.Tensor) else v for key, v in fields.items()}
+    getattr(_ext.require(), name)(stream=_ext.stream_of(device), device=device.index, **fields)
+
+
 def _cuda_compress(src, values, meta, mask):
-    _ext.require().sparse24_compress(
-        _ptr(src), _ptr(values), _ptr(meta), _ptr(mask), src.shape[0], src.shape[1],
-        _rs(src), _rs(values), _rs(meta), _rs(mask),
-        _ext.DTYPE_CODES[src.dtype], src.device.index, _ext.stream_of(src),
+    _launch(
+        "sparse24_compress", src.device, src=src, values=values, meta=meta, mask=mask,
+        rows=src.shape[0], cols=src.shape[1], src_row_stride=_rs(src), values_row_stride=_rs(values),
+        meta_row_stride=_rs(meta), mask_row_stride=_rs(mask), dtype=_ext.DTYPE_CODES[src.dtype],
     )  # fmt: skip
 
 
 def _cuda_decompress(values, meta, dense):
-    _ext.require().sparse24_decompress(
-        _ptr(values), _ptr(meta), _ptr(dense), dense.shape[0], dense.shape[1],
-        _rs(values), _rs(meta), _rs(dense), _ext.DTYPE_CODES[dense.dtype], dense.device.index, _ext.stream_of(dense),
+    _launch(
+        "sparse24_decompress", dense.device, values=values, meta=meta, dense=dense,
+        rows=dense.shape[0], cols=dense.shape[1], values_row_stride=_rs(values), meta_row_stride=_rs(meta),
+        dense_row_stride=_rs(dense), dtype=_ext.DTYPE_CODES[dense.dtype],
     )  # fmt: skip
 
 
 def _cuda_gather(dense, meta, values):
-    _ext.require().sparse24_gather(
-        _ptr(dense), _ptr(meta), _ptr(values), dense.shape[0], dense.shape[1],
-        _rs(dense), _rs(meta), _rs(values), _ext.DTYPE_CODES[dense.dtype], dense.device.index, _ext.stream_of(dense),
+    _launch(
+        "sparse24_gather", dense.device, dense=dense, meta=meta, values=values,
+        rows=dense.shape[0], cols=dense.shape[1], dense_row_stride=_rs(dense), meta_row_stride=_rs(meta),
+        values_row_stride=_rs(values), dtype=_ext.DTYPE_CODES[dense.dtype],
     )  # fmt: skip
 
 
 def _cuda_meta_reorder(src, dst, to_cutlass):
-    _ext.require().sparse24_meta_reorder(
-        _ptr(src), _ptr(dst), src.shape[0], src.shape[1], bool(to_cutlass), src.device.index, _ext.stream_of(src)
+    _launch(
+        "sparse24_meta_reorder", src.device, src=src, dst=dst, rows=src.shape[0], meta_cols=src.shape[1],
+        to_cutlass=int(bool(to_cutlass)),
     )
 
 
@@ -253,8 +263,7 @@ def _mma_meta(meta: torch.Tensor) -> torch.Tensor:
     module = _ext.require()
     rows, cols = meta.shape
     out = torch.empty(module.sparse24_mma_meta_size(rows, cols), dtype=torch.int16, device=meta.device)
-    module.sparse24_meta_to_mma(meta.contiguous().data_ptr(), out.data_ptr(), rows, cols, meta.device.index,
-                                _ext.stream_of(meta))  # fmt: skip
+    _launch("sparse24_meta_to_mma", meta.device, src=meta.contiguous(), dst=out, rows=rows, meta_cols=cols)
     storage._perfkern_mma_meta = (key, out)
     return out
 
@@ -270,13 +279,14 @@ def _cuda_mm(x, values, meta, bias, lora_t, lora_b, scale, out, kernel=0):
         raise _dispatch.BackendUnavailableError(reason)
     m, k = x.shape
     has_lora = lora_t is not None
-    _ext.require().sparse24_mm(
-        _ptr(x), _ptr(values), _ptr(_mma_meta(meta)), _ptr(bias), _ptr(lora_t), _ptr(lora_b), _ptr(out),
-        m, values.shape[0], k, lora_t.shape[1] if has_lora else 0, float(scale),
-        x.stride(0), values.stride(0), bias.stride(0) if bias is not None else 0,
-        lora_t.stride(0) if has_lora else 0, lora_t.stride(1) if has_lora else 0,
-        lora_b.stride(0) if has_lora else 0, lora_b.stride(1) if has_lora else 0,
-        out.stride(0), _ext.DTYPE_CODES[x.dtype], x.device.index, _ext.stream_of(x), kernel=kernel,
+    _launch(
+        "sparse24_mm", x.device, x=x, values=values, meta_mma=_mma_meta(meta), bias=bias, lora_t=lora_t,
+        lora_b=lora_b, out=out, m=m, n=values.shape[0], k=k, r=lora_t.shape[1] if has_lora else 0,
+        scale=float(scale), x_row_stride=x.stride(0), values_row_stride=values.stride(0),
+        bias_stride=bias.stride(0) if bias is not None else 0,
+        t_stride0=lora_t.stride(0) if has_lora else 0, t_stride1=lora_t.stride(1) if has_lora else 0,
+        b_stride0=lora_b.stride(0) if has_lora else 0, b_stride1=lora_b.stride(1) if has_lora else 0,
+        out_row_stride=out.stride(0), dtype=_ext.DTYPE_CODES[x.dtype], kernel=kernel,
     )  # fmt: skip
 
 

@@ -1,9 +1,13 @@
 /*
- * perfkern: torch-free C API of the CUDA core.
+ * perfkern: torch-free C API of the core (CUDA kernels, and CPU kernels).
  *
- * Every launcher takes a params struct (device pointers, sizes, int64 strides in elements) and a
+ * Every CUDA launcher takes a params struct (device pointers, sizes, int64 strides in elements) and a
  * cudaStream_t, enqueues its work on that stream and returns a status code. Nothing here allocates,
  * synchronises or touches a framework: callers own memory and ordering.
+ *
+ * The header compiles without the CUDA toolkit: cudaStream_t is then declared here, as the CUDA runtime
+ * declares it. A library built without CUDA keeps the same ABI; its CUDA launchers return
+ * PERFKERN_ERROR_NOT_SUPPORTED (perfkern_build_flavor() says which build a program linked).
  *
  * The 2:4 format (canonical, row-major, W is [rows, cols] and 2:4 along cols):
  *   values [rows, cols/2]  the kept values of each group of 4 in column order (W's dtype)
@@ -16,7 +20,16 @@
 
 #include <stdint.h>
 
+#if defined(__has_include)
+#if __has_include(<cuda_runtime_api.h>)
 #include <cuda_runtime_api.h>
+#define PERFKERN_HAVE_CUDA_RUNTIME_API 1
+#endif
+#endif
+#ifndef PERFKERN_HAVE_CUDA_RUNTIME_API
+/* The CUDA runtime's own declaration (driver_types.h), so both headers may be seen in one program. */
+typedef struct CUstream_st* cudaStream_t;
+#endif
 
 #ifdef __cplusplus
 extern "C" {
@@ -56,8 +69,12 @@ typedef struct {
 
 /* "0.1.0". */
 PERFKERN_API const char* perfkern_version(void);
-/* Architectures compiled into this library, e.g. "80;90a". */
+/* Architectures compiled into this library, e.g. "80;90a"; "" in a build without CUDA. */
 PERFKERN_API const char* perfkern_cuda_archs(void);
+/* Which build this is: "cuda" (CUDA kernels for a GPU), "emulated" (the CUDA kernels executed on the CPU,
+ * PERFKERN_EMULATE) or "cpu" (no CUDA kernels: the CUDA launchers return PERFKERN_ERROR_NOT_SUPPORTED). The
+ * CPU kernels are in every build. */
+PERFKERN_API const char* perfkern_build_flavor(void);
 /* A static English description of a status code. */
 PERFKERN_API const char* perfkern_status_string(perfkern_status_t status);
 /* The message of the last failure on the calling thread ("" if none). */
