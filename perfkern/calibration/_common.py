@@ -103,3 +103,18 @@ def _warn_unreached(names: list[str], what: str) -> None:
             f"no calibration input reached {', '.join(names)}; they get no {what} (sparsify falls back to magnitude)",
             stacklevel=3,
         )
+
+
+def _observe_inputs(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    layers: list[tuple[str, nn.Module]],
+    record: Callable[[str, torch.Tensor], None],
+    progress: bool,
+    desc: str,
+) -> None:
+    """Runs the model on every batch under ``torch.no_grad`` in eval mode, calling ``record(name, x)`` with every
+    input of every layer; hooks and training flags are restored afterwards, also on error."""
+    with torch.no_grad(), _evaluating(model), _input_hooks(layers, record):
+        for index, batch in _batches(batches, progress, desc):
+            _call(model, batch, index)

@@ -12,11 +12,8 @@ from perfkern.calibration._common import (
     DEFAULT_EXCLUDE,
     Batch,
     Patterns,
-    _batches,
-    _call,
-    _evaluating,
-    _input_hooks,
     _linear_layers,
+    _observe_inputs,
     _out_in,
     _warn_unreached,
 )
@@ -46,9 +43,7 @@ def collect_hessians(
         gram[name] = product if name not in gram else gram[name] + product
         rows[name] = rows.get(name, 0) + flat.shape[0]
 
-    with torch.no_grad(), _evaluating(model), _input_hooks(layers, record):
-        for index, batch in _batches(batches, progress, "hessians"):
-            _call(model, batch, index)
+    _observe_inputs(model, batches, layers, record, progress, "hessians")
     _warn_unreached([name for name, _ in layers if name not in gram], "Hessian")
     return {name: gram[name] * (2.0 / max(rows[name], 1)) for name, _ in layers if name in gram}
 

@@ -12,11 +12,8 @@ from perfkern.calibration._common import (
     DEFAULT_EXCLUDE,
     Batch,
     Patterns,
-    _batches,
-    _call,
-    _evaluating,
-    _input_hooks,
     _linear_layers,
+    _observe_inputs,
     _warn_unreached,
 )
 
@@ -46,9 +43,7 @@ def wanda_scores(
         total = rows.square().sum(0)
         sumsq[name] = total if name not in sumsq else sumsq[name] + total
 
-    with torch.no_grad(), _evaluating(model), _input_hooks(layers, record):
-        for index, batch in _batches(batches, progress, "wanda"):
-            _call(model, batch, index)
+    _observe_inputs(model, batches, layers, record, progress, "wanda")
     scores = {}
     for name, module in layers:
         if name in sumsq:
