@@ -10,8 +10,9 @@ from perfkern import calibration, dendrites, ops, sparsity
 from perfkern._autotune import autotune_report
 from perfkern._dispatch import available_backends, last_backend, use_backend
 from perfkern._errors import BackendUnavailableError
+from perfkern.convert import SkippedLayer, merge, sparsify
 from perfkern.functional import dendrite_correlation, pera_adapter, pera_delta_weight, sparse24_linear
-from perfkern.nn import PeraLinear, SkippedLayer, SparseLoRALinear, merge, sparsify
+from perfkern.nn import PeraLinear, SparseLoRALinear
 
 __version__ = "0.1.0"
 

@@ -28,7 +28,8 @@ LAYERS: dict[str, int] = {
     "perfkern.ops": 3,  # custom ops: schema, fake, autograd, per-backend kernels
     "perfkern.functional": 4,  # public functions
     "perfkern.sparsity": 4,  # the 2:4 format and masks
-    "perfkern.nn": 5,  # modules and model conversion
+    "perfkern.nn": 5,  # modules
+    "perfkern.convert": 5,  # model conversion (sparsify, merge)
     "perfkern.dendrites": 5,
     "perfkern.integrations.peft": 5,
     "perfkern.calibration": 6,  # scores and converts nn's layers
