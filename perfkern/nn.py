@@ -162,6 +162,14 @@ class SparseLoRALinear(nn.Module):
             raise AttributeError("this layer has no backward copy (backward='exact', pattern='row')")
         self.bwd_meta_bytes = _meta_bytes(value, (self.in_features, self.out_features // 16), "bwd_meta")
 
+    def __setattr__(self, name: str, value) -> None:
+        # ``meta``/``bwd_meta`` are views of the byte buffers; a loader that assigns state_dict entries by name (as
+        # transformers does, wrapping tensors that are not buffers as parameters) sets them through the properties.
+        if name in _META_BYTES and isinstance(value, torch.Tensor):
+            object.__setattr__(self, name, value.detach())
+            return
+        super().__setattr__(name, value)
+
     def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
         local: dict = {}
         super()._save_to_state_dict(local, prefix, keep_vars)

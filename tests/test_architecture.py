@@ -32,6 +32,9 @@ LAYERS: dict[str, int] = {
     "perfkern.convert": 5,  # model conversion (sparsify, merge)
     "perfkern.dendrites": 5,
     "perfkern.integrations.peft": 5,
+    "perfkern.bitmask": 4,  # compressed-tensors' sparse-24-bitmask format
+    "perfkern.integrations.transformers": 6,  # quantizer, from_pretrained, Trainer callback
+    "perfkern.integrations._trainer": 6,
     "perfkern.calibration": 6,  # scores and converts nn's layers
     "perfkern.demo": 7,
     "perfkern.__main__": 7,
