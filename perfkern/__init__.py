@@ -15,6 +15,7 @@ from perfkern._autotune import autotune_report
 from perfkern._dispatch import available_backends, last_backend, use_backend
 from perfkern._errors import BackendUnavailableError
 from perfkern.convert import SkippedLayer
+from perfkern.export import export_lora
 from perfkern.functional import dendrite_correlation, pera_adapter, pera_delta_weight, sparse24_linear
 from perfkern.nn import PeraLinear, SparseLoRALinear
 
@@ -82,6 +83,7 @@ __all__ = [
     "calibration",
     "dendrite_correlation",
     "dendrites",
+    "export_lora",
     "from_pretrained",
     "last_backend",
     "merge",

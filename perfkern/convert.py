@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from perfkern.nn import SparseLoRALinear
+from perfkern.nn import PeraLinear, SparseLoRALinear
 
 __all__ = ["sparsify", "merge", "SkippedLayer", "select_linear_layers", "check_patterns"]
 
@@ -108,29 +108,36 @@ def sparsify(
 
 
 def merge(model: nn.Module, adapters: bool = True) -> nn.Module:
-    """Replace, in place, every ``SparseLoRALinear`` of ``model`` by a dense layer computing the same function
-    (adapter merged), for export: an ``nn.Linear``, or the Hugging Face ``Conv1D`` it was made from (weight
-    stored [in, out] again), so the model's state_dict has its original names and shapes. Returns ``model``.
+    """Replace, in place, every ``SparseLoRALinear`` and ``PeraLinear`` of ``model`` by a dense layer computing the
+    same function (adapter merged), for export: an ``nn.Linear``, or the Hugging Face ``Conv1D`` it was made from
+    (weight stored [in, out] again), so the model's state_dict has its original names and shapes. Returns ``model``.
 
-    ``adapters=False`` leaves the adapters out: the dense 2:4 base, on which an adapter exported by
-    ``perfkern.export_lora`` (e.g. loaded with ``PeftModel.from_pretrained``) gives the adapted model back."""
-    targets = [(name, m) for name, m in model.named_modules() if isinstance(m, SparseLoRALinear)]
+    ``adapters=False`` leaves the adapters out: the dense 2:4 base (a ``PeraLinear``'s own base layer), on which an
+    adapter exported by ``perfkern.export_lora`` (e.g. loaded with ``PeftModel.from_pretrained``) gives the adapted
+    model back."""
+    targets = [(name, m) for name, m in model.named_modules() if isinstance(m, SparseLoRALinear | PeraLinear)]
     for name, layer in targets:
-        dense = layer.to_linear(adapters)
-        origin = getattr(layer, "dense_origin", nn.Linear)
-        if origin is not nn.Linear and origin.__name__ == "Conv1D":
-            conv = origin(layer.out_features, layer.in_features).to(
-                device=dense.weight.device, dtype=dense.weight.dtype
-            )
-            with torch.no_grad():
-                conv.weight.copy_(dense.weight.t())
-                if dense.bias is not None:
-                    conv.bias.copy_(dense.bias)
-                else:
-                    conv.bias.zero_()
-            dense = conv
+        if isinstance(layer, PeraLinear):
+            dense = layer.to_linear() if adapters else layer.base
+        else:
+            dense = _dense_copy(layer, adapters)
         if not name:
             return dense
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, dense)
     return model
+
+
+def _dense_copy(layer: SparseLoRALinear, adapters: bool) -> nn.Module:
+    dense = layer.to_linear(adapters)
+    origin = getattr(layer, "dense_origin", nn.Linear)
+    if origin is nn.Linear or origin.__name__ != "Conv1D":
+        return dense
+    conv = origin(layer.out_features, layer.in_features).to(device=dense.weight.device, dtype=dense.weight.dtype)
+    with torch.no_grad():
+        conv.weight.copy_(dense.weight.t())
+        if dense.bias is not None:
+            conv.bias.copy_(dense.bias)
+        else:
+            conv.bias.zero_()
+    return conv
