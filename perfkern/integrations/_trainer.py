@@ -57,9 +57,10 @@ class PerfkernCallback(TrainerCallback):
         self._stale = 0
         self._phase_evals = 0
 
-    def _say(self, state, line: str) -> None:
-        self.events.append(line)
-        state.log_history.append({"perfkern": line, "step": state.global_step})
+    def _say(self, state, line: str, step: int | None = None) -> None:
+        step = state.global_step if step is None else step
+        self.events.append(f"step {step}: {line}")
+        state.log_history.append({"perfkern": line, "step": step})
 
     def on_train_begin(self, args, state, control, model: nn.Module = None, **kwargs):
         self._layers = [m for m in model.modules() if isinstance(m, SparseLoRALinear) and m.backward == "double"]
@@ -77,8 +78,10 @@ class PerfkernCallback(TrainerCallback):
             for layer in self._adapters:
                 layer.enable_adapter()
             self.adapters_on = True
-            self._say(state, f"adapters on in {len(self._adapters)} layers (step {state.global_step} of "
-                             f"{state.max_steps})")  # fmt: skip
+            self._say(
+                state,
+                f"adapters on in {len(self._adapters)} layers after {state.global_step} of {state.max_steps} steps",
+            )
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self._counts = [layer._updates for layer in self._layers]
@@ -90,8 +93,8 @@ class PerfkernCallback(TrainerCallback):
                 layer.count_optimizer_step()  # an optimizer the torch.optim step hook does not see
             if layer._updates != before and layer._updates % layer.refresh_every == 0:
                 refreshed += 1
-        if refreshed:
-            self._say(state, f"backward masks re-chosen in {refreshed} layers")
+        if refreshed:  # during optimizer step global_step + 1
+            self._say(state, f"backward masks re-chosen in {refreshed} layers", state.global_step + 1)
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, optimizer=None, lr_scheduler=None, **kw):
         options = self.dendrite_options
@@ -105,7 +108,7 @@ class PerfkernCallback(TrainerCallback):
             else:
                 self._stale += 1
             full = all(layer.num_dendrites >= options["max_dendrites"] for layer in self._dendrites)
-            if self._stale >= options["patience"] and not full:
+            if self._stale >= options["patience"] and not full and state.global_step < state.max_steps:
                 self._start_dendrite_phase(state, model, optimizer, loss)
             return
         improved = any(bool(s.improved.any()) for s in self._group.states)
