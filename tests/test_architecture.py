@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "perfkern.integrations.transformers": 6,  # quantizer, from_pretrained, Trainer callback
     "perfkern.integrations._trainer": 6,
     "perfkern.calibration": 6,  # scores and converts nn's layers
+    "perfkern.export": 6,  # adapters out as one PEFT LoRA
     "perfkern.demo": 7,
     "perfkern.__main__": 7,
     "perfkern": 7,  # the package itself re-exports everything
