@@ -4,9 +4,9 @@ takes, for the dense base that ``perfkern.merge(model, adapters=False)`` gives.
 A LoRA adapter goes out as it is. A PERA adapter is exactly a LoRA of rank r + |P| with factors Â = [A ; h_p·(a_i ⊙
 a_j)] and B̂ = [B , b_i ⊙ b_j] (DESIGN §3.4), so it goes out as that LoRA. Either way ``lora_alpha`` is set so that
 PEFT's scale alpha / rank equals the layer's s = alpha / r. The exact rank of PERA grows quadratically (full mode:
-r + r(r+1)/2, 152 at r = 16, 2144 at r = 64), past what many servers take (vLLM's ``max_lora_rank`` and TGI's
-limits are commonly 64 to 256); ``max_rank=k`` exports, for every layer whose rank exceeds k, the best rank-k
-approximation of its ΔW (truncated SVD, Eckart-Young) and reports its relative error.
+r + r(r+1)/2, 152 at r = 16, 2144 at r = 64), past the rank limits LoRA servers set (vLLM's ``--max-lora-rank``,
+for one); ``max_rank=k`` exports, for every layer whose rank exceeds k, the best rank-k approximation of its ΔW
+(truncated SVD, Eckart-Young) and reports its relative error.
 """
 
 from __future__ import annotations
