@@ -75,6 +75,7 @@ def train(
         save_strategy="no",
         report_to=[],
         use_cpu=True,
+        dataloader_pin_memory=False,
         disable_tqdm=True,
         seed=seed,
     )
