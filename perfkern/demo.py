@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import random
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -111,6 +113,7 @@ class Result:
     weight_bytes: int
     backend: str
     notes: str
+    val_points: list[tuple[int, float]] = field(default_factory=list)
 
 
 def _weight_bytes(model: nn.Module) -> int:
@@ -178,9 +181,10 @@ def run_variant(
         # and nobody's optimizer state is reset at the switch.
         optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad])
     adapter_step = int(args.steps * (1 - args.adapter_fraction))
-    dendrite_start = int(args.steps * args.dendrite_at)
-    dendrite_end = dendrite_start + max(1, int(args.steps * 0.1))
+    dendrite_start, dendrite_end = dendrite_phase(args)
     batches = _batches(train, args.batch, args.context, seed=1)
+    val_every = math.ceil(args.steps / 5)  # at most 5 validation points, the last at the end
+    val_points = []
     losses = []
     tokens = 0
     warmup = min(10, args.steps // 10)  # first steps (allocation, thread pools) are not timed
@@ -209,6 +213,10 @@ def run_variant(
             optimizer.step()
         tokens += x.numel()
         losses.append((step, loss.item()))
+        if (step + 1) % val_every == 0 or step + 1 == args.steps:
+            paused = time.perf_counter()
+            val_points.append((step + 1, _evaluate(model, val, args.context, device)))
+            start += time.perf_counter() - paused  # validation is not training throughput
         progress.update(1)
         progress.set_postfix(variant=variant, loss=f"{loss.item():.3f}")
     if device.type == "cuda":
@@ -220,13 +228,14 @@ def run_variant(
     return Result(
         variant=variant,
         losses=losses,
-        val_loss=_evaluate(model, val, args.context, device),
+        val_loss=val_points[-1][1],
         tokens_per_s=tokens / elapsed,
         params=sum(p.numel() for p in model.parameters()),
         trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
         weight_bytes=_weight_bytes(model),
         backend=backend or "-",
         notes=notes,
+        val_points=val_points,
     )
 
 
@@ -244,34 +253,80 @@ def plot(results: list[Result], path: str, args: argparse.Namespace) -> None:
         values = [v for _, v in r.losses]
         smooth = [sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1])
                   for i in range(len(values))]  # fmt: skip
-        ax.plot(steps, smooth, styles.get(r.variant, "-"), lw=1.6, label=f"{r.variant} (val {r.val_loss:.3f})")
+        label = f"{r.variant} (val {r.val_loss:.3f})"
+        (line,) = ax.plot(steps, smooth, styles.get(r.variant, "-"), lw=1.6, label=label)
+        if r.val_points:
+            ax.plot(*zip(*r.val_points, strict=True), "o", ms=3.5, color=line.get_color())
+    top = ax.get_ylim()[1]
     if args.variants != ["dense"]:
         ax.axvline(int(args.steps * (1 - args.adapter_fraction)), color="grey", lw=0.8, ls="--")
-        ax.text(int(args.steps * (1 - args.adapter_fraction)), ax.get_ylim()[1], " adapters on", va="top", fontsize=8)
+        ax.text(int(args.steps * (1 - args.adapter_fraction)), top, " adapters on", va="top", fontsize=8)
+    if "dendrites" in args.variants:
+        start, end = dendrite_phase(args)
+        ax.axvspan(start, end, color="tab:purple", alpha=0.12, lw=0)
+        ax.text(start, top, " dendrite phase", va="top", fontsize=8, color="tab:purple")
     ax.set_xlabel("step")
     ax.set_ylabel(f"training loss (moving average of {window})")
-    ax.set_title("perfkern demo: tiny GPT on the generated corpus")
+    ax.set_title("perfkern demo: tiny GPT on the generated corpus (dots: validation loss)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
+def dendrite_phase(args: argparse.Namespace) -> tuple[int, int]:
+    """First and last-plus-one step of the dendrite variant's dendrite phase (base frozen)."""
+    start = int(args.steps * args.dendrite_at)
+    return start, start + max(1, int(args.steps * 0.1))
+
+
+def table(results: list[Result]) -> str:
+    """The results as aligned columns: text left, numbers right."""
+    dense = next((r for r in results if r.variant == "dense"), None)
+    header = ["variant", "val loss", "ppl", "tokens/s", "params", "trainable", "weights KiB", "vs dense", "backend",
+              "notes"]  # fmt: skip
+    rows = [
+        [r.variant, f"{r.val_loss:.4f}", f"{math.exp(r.val_loss):.2f}", f"{r.tokens_per_s:,.0f}", f"{r.params:,}",
+         f"{r.trainable:,}", f"{r.weight_bytes / 1024:.1f}",
+         f"{r.weight_bytes / dense.weight_bytes:.2f}x" if dense and r is not dense else "", r.backend, r.notes]
+        for r in results
+    ]  # fmt: skip
+    left = {0, 8, 9}
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for row in [header, *rows]:
+        cells = [c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+DEFAULT_PLOT = os.path.join(tempfile.gettempdir(), "perfkern_demo.png")
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The description as written, each option with its default."""
+
+
+def _plain(text: str) -> str:
+    return text.replace("``", "")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m perfkern demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--context", type=int, default=64)
+    parser = argparse.ArgumentParser(prog="python -m perfkern demo", description=_plain(__doc__),
+                                     formatter_class=_HelpFormatter)  # fmt: skip
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, metavar="VARIANT",
+                        help=f"variants to train, of {', '.join(VARIANTS)}")  # fmt: skip
+    parser.add_argument("--steps", type=int, default=400, help="training steps per variant")
+    parser.add_argument("--batch", type=int, default=16, help="sequences per step")
+    parser.add_argument("--context", type=int, default=64, help="tokens per sequence")
     parser.add_argument("--d-model", type=int, default=128, help="width (a multiple of 16)")
-    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--layers", type=int, default=2, help="transformer blocks")
     parser.add_argument("--rank", type=int, default=8, help="adapter rank")
     parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (the dense model's stable range)")
     parser.add_argument("--adapter-fraction", type=float, default=0.2, help="last fraction of steps with adapters")
     parser.add_argument("--dendrite-at", type=float, default=0.5, help="when the dendrite phase starts (fraction)")
-    parser.add_argument("--plot", default="perfkern_demo.png", help="where to write the loss curves")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--plot", default=DEFAULT_PLOT, help="where to write the loss curves (PNG)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     args = parser.parse_args(argv)
     if args.d_model % 16 != 0:
         parser.error(f"--d-model must be a multiple of 16, got {args.d_model}")
@@ -295,14 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         for variant in args.variants:
             results.append(run_variant(variant, base, train, val, args, device, progress))
 
-    dense = next((r for r in results if r.variant == "dense"), None)
-    print(f"\n{'variant':<10} {'val loss':>9} {'ppl':>7} {'tokens/s':>10} {'params':>9} {'trainable':>10} "
-          f"{'weights KiB':>12} {'backend':<14} notes")  # fmt: skip
-    for r in results:
-        rel = f" ({r.weight_bytes / dense.weight_bytes:.2f}x)" if dense and r is not dense else ""
-        print(f"{r.variant:<10} {r.val_loss:>9.4f} {math.exp(r.val_loss):>7.2f} {r.tokens_per_s:>10,.0f} "
-              f"{r.params:>9,} {r.trainable:>10,} {r.weight_bytes / 1024:>8.1f}{rel:<8} {r.backend:<14} "
-              f"{r.notes}")  # fmt: skip
+    print()
+    print(table(results))
     print(
         "\nweights: projection weights as stored (compressed values + metadata for 2:4 layers); params counts every"
         " parameter (2:4 layers store half their weights). On a CPU the sparse layers run the reference backend,"

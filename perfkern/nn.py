@@ -1,4 +1,4 @@
-"""The drop-in layer (DESIGN §4): ``SparseLoRALinear`` and ``sparsify``.
+"""The drop-in layers (DESIGN §4): ``SparseLoRALinear`` and ``PeraLinear`` (model conversion: ``perfkern.convert``).
 
 A 2:4 sparse weight stored in the canonical compressed format (plain tensors: DDP, FSDP and ``state_dict``
 see ordinary parameters and buffers; the int16 metadata is held as its bytes, see ``SparseLoRALinear``), a bias,
@@ -8,19 +8,19 @@ With ``backward="double"`` the input gradient uses SLoPe's double-pruned copy of
 
 from __future__ import annotations
 
-import fnmatch
 import math
-from dataclasses import dataclass
+import weakref
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from perfkern import _dispatch, sparsity
 from perfkern.functional import pera_adapter, pera_delta_weight, sparse24_linear
 from perfkern.reference.pera import MODES as PERA_MODES
 from perfkern.reference.pera import num_pairs
 
-__all__ = ["SparseLoRALinear", "PeraLinear", "sparsify", "merge", "SkippedLayer"]
+__all__ = ["SparseLoRALinear", "PeraLinear"]
 
 _PATTERNS = ("row", "transposable")
 _BACKWARDS = ("double", "exact")
@@ -49,14 +49,22 @@ class SparseLoRALinear(nn.Module):
             with ``pattern="transposable"`` Wsᵀ is itself 2:4 and the sparse kernel computes it exactly).
         lazy: start with the adapter off; ``enable_adapter()`` switches it on.
         train_sparse: whether the sparse values train (their gradient holds only the kept entries).
-        refresh_every: with ``backward="double"``, how many weight gradients (training steps) between re-choosing
-            the backward copy's mask by magnitude. The copy's values are taken from the current weight at every
-            backward, so they always follow it.
+        refresh_every: with ``backward="double"``, how many optimizer steps between re-choosing the backward
+            copy's mask by magnitude, from the weight those steps produced (SLoPe). Optimizer steps are counted, not
+            backward passes: with gradient accumulation the mask is re-chosen once per optimizer step. Any
+            ``torch.optim.Optimizer`` that holds ``values`` (FSDP2: its sharded parameter) and gave it a gradient
+            counts; other optimizers call ``count_optimizer_step()``. The copy's values are taken from the current
+            weight at every backward, so they always follow it.
+        device: ``"meta"`` builds the layer without memory or computation (then ``to_empty`` and
+            ``load_state_dict``, or ``reset_parameters``), as ``nn.Linear`` does.
 
     The metadata ``meta`` [out, in/16] and ``bwd_meta`` [in, out/16] read as int16 tensors, as the ops take them,
     and ``state_dict`` holds them as such under those names. They are stored as uint8 buffers of the same bytes
     (``meta_bytes`` [out, in/8], ``bwd_meta_bytes`` [in, out/8]), of which ``meta`` and ``bwd_meta`` are views:
     collective backends have no int16 type, and DDP broadcasts every buffer.
+
+    A fresh layer's weight is distributed as ``nn.Linear``'s initialisation pruned 2:4 by magnitude, drawn directly
+    in compressed form; ``from_weight``/``from_linear`` prune the given weight once and draw nothing.
     """
 
     def __init__(
@@ -110,7 +118,7 @@ class SparseLoRALinear(nn.Module):
         # needs no host read of a tensor).
         self._adapter_on = not lazy and self.adapter is not None
         self.register_buffer("adapter_enabled", torch.tensor(self._adapter_on, device=device))
-        self.register_load_state_dict_post_hook(_sync_adapter_switch)
+        self.register_load_state_dict_post_hook(_sync_mirrors)
         # The backward copy's mask is state (saved); its values come from the weight at every backward.
         self.register_buffer(
             "bwd_meta_bytes",
@@ -118,12 +126,11 @@ class SparseLoRALinear(nn.Module):
             if self._needs_copy()
             else None,
         )
+        # Optimizer steps that updated the weight; mirrored in a Python int so that counting needs no host sync.
         self.register_buffer("updates", torch.zeros((), dtype=torch.int64, device=device))
-        self._watched: int | None = None
-        self._watch_updates()
-        weight = torch.empty(out_features, in_features, **factory)
-        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
-        self.set_weight(weight)
+        self._updates = 0
+        _count_steps_of(self)
+        self._random_weight()
 
     def _needs_copy(self) -> bool:
         return self.backward == "double" or self.pattern == "transposable"
@@ -154,6 +161,14 @@ class SparseLoRALinear(nn.Module):
         if self.bwd_meta_bytes is None:
             raise AttributeError("this layer has no backward copy (backward='exact', pattern='row')")
         self.bwd_meta_bytes = _meta_bytes(value, (self.in_features, self.out_features // 16), "bwd_meta")
+
+    def __setattr__(self, name: str, value) -> None:
+        # ``meta``/``bwd_meta`` are views of the byte buffers; a loader that assigns state_dict entries by name (as
+        # transformers does, wrapping tensors that are not buffers as parameters) sets them through the properties.
+        if name in _META_BYTES and isinstance(value, torch.Tensor):
+            object.__setattr__(self, name, value.detach())
+            return
+        super().__setattr__(name, value)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
         local: dict = {}
@@ -194,15 +209,64 @@ class SparseLoRALinear(nn.Module):
     # Building and exporting.
 
     @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Fresh weight and adapter, as at construction (B = 0, h = 0, bias 0, update count 0). On the meta device
+        this does nothing."""
+        if self.values.is_meta:
+            return
+        _reset_adapter(self)
+        if self.bias is not None:
+            self.bias.zero_()
+        self.updates.zero_()
+        self._updates = 0
+        self._random_weight()
+
+    @torch.no_grad()
+    def _random_weight(self) -> None:
+        """A weight distributed as ``nn.Linear``'s (U(-1/√in, 1/√in), Kaiming-uniform with a = √5) pruned 2:4 by
+        magnitude, drawn in compressed form: per group of 4, a uniformly random pair of positions, the two largest
+        of 4 magnitudes (the largest M = U^(1/4), the second M·V^(1/3): order statistics of 4 uniforms) in random
+        order, with random signs. ``pattern="transposable"`` prunes a dense draw (its mask couples rows)."""
+        values = self.values
+        if values.is_meta:
+            return
+        n, k = self.out_features, self.in_features
+        bound = 1.0 / math.sqrt(k)
+        if self.pattern == "transposable":
+            dense = torch.empty(n, k, device=values.device, dtype=values.dtype).uniform_(-bound, bound)
+            self.set_weight(dense)
+            return
+        device, groups = values.device, k // 4
+        first = torch.rand(n, groups, device=device).pow_(0.25)
+        second = first * torch.rand(n, groups, device=device).pow_(1.0 / 3.0)
+        swap = torch.rand(n, groups, device=device) < 0.5
+        pair = torch.stack((torch.where(swap, second, first), torch.where(swap, first, second)), dim=-1)
+        signs = torch.randint(0, 2, pair.shape, device=device).mul_(2).sub_(1)
+        values.copy_((pair * signs * bound).view(n, k // 2))
+        nibbles = _PAIR_NIBBLES.to(device)[torch.randint(0, 6, (n, groups), device=device)]
+        self.meta.copy_(_pack_nibbles(nibbles))
+        self.choose_backward_mask()
+
+    @torch.no_grad()
     def set_weight(self, weight: torch.Tensor, scores: torch.Tensor | None = None) -> None:
-        """Prune ``weight`` [out, in] to 2:4 with ``scores`` (default |weight|) in this layer's pattern, and load it."""
+        """Prune ``weight`` [out, in] to 2:4 with ``scores`` (default |weight|) in this layer's pattern, and load it.
+
+        By magnitude in the row pattern this is one ``compress_2to4(weight, strict=False)``; with scores the kept
+        positions are exactly those of ``mask_2to4(scores)`` (a kept weight that is 0 stays a trainable slot).
+        Then the backward copy's mask is chosen from the result (``choose_backward_mask``)."""
+        if self.values.is_meta:
+            return
         weight = weight.to(device=self.values.device, dtype=self.values.dtype)
-        scores = weight if scores is None else scores.to(weight.device)
-        if scores.dtype == torch.float64:
-            scores = scores.float()
-        mask = sparsity.mask_2to4(scores, pattern=self.pattern)
-        pruned = torch.where(mask, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
-        values, meta = sparsity.compress_2to4(pruned)
+        if scores is None and self.pattern == "row":
+            values, meta = sparsity.compress_2to4(weight, strict=False)
+        else:
+            scores = weight if scores is None else scores.to(weight.device)
+            if scores.dtype == torch.float64:
+                scores = scores.float()
+            mask = sparsity.mask_2to4(scores, pattern=self.pattern)
+            # The mask keeps exactly two entries per group, so compressing it names exactly those positions.
+            meta = sparsity.compress_2to4(mask.to(weight.dtype), strict=False)[1]
+            values = sparsity.gather_2to4(weight, meta) + 0.0  # -0.0 is stored as +0.0
         self.values.copy_(values)
         self.meta.copy_(meta)
         self.choose_backward_mask()
@@ -237,14 +301,21 @@ class SparseLoRALinear(nn.Module):
             rank=rank,
             alpha=alpha,
             adapter=adapter,
-            device=weight.device,
+            device="meta",
             dtype=weight.dtype,
             **kwargs,
         )
-        layer.set_weight(weight.detach(), scores)
-        if bias is not None:
-            with torch.no_grad():
+        if weight.is_meta:
+            return layer
+        # Built on the meta device and then allocated, so no random weight is drawn only to be replaced.
+        layer.to_empty(device=weight.device)
+        with torch.no_grad():
+            _reset_adapter(layer)
+            layer.updates.zero_()
+            layer.adapter_enabled.fill_(layer._adapter_on)
+            if bias is not None:
                 layer.bias.copy_(bias)
+        layer.set_weight(weight.detach(), scores)
         return layer
 
     @classmethod
@@ -253,15 +324,16 @@ class SparseLoRALinear(nn.Module):
         return cls.from_weight(linear.weight, linear.bias, rank=rank, **kwargs)
 
     @torch.no_grad()
-    def merged_weight(self) -> torch.Tensor:
-        """Dense [out, in] weight equal to this layer: Ws, plus the adapter's ΔW when it is on (fp32 sum)."""
-        w = sparsity.decompress_2to4(self.values, self.meta).float()
-        if self.adapter_active:
-            w = w + _delta_weight(self).float()
+    def merged_weight(self, adapters: bool = True) -> torch.Tensor:
+        """Dense [out, in] weight equal to this layer: Ws, plus the adapter's ΔW when it is on and ``adapters``
+        (fp32 sum). ``adapters=False``: Ws alone, the base an exported adapter (``perfkern.export_lora``) goes on."""
+        w = sparsity.decompress_2to4(self.values, self.meta)
+        if adapters and self.adapter_active:
+            w = w.float() + _delta_weight(self).float()
         return w.to(self.values.dtype)
 
-    def to_linear(self) -> nn.Linear:
-        """A dense ``nn.Linear`` computing the same function (adapter merged)."""
+    def to_linear(self, adapters: bool = True) -> nn.Linear:
+        """A dense ``nn.Linear`` computing the same function (adapter merged; ``adapters=False``: without it)."""
         linear = nn.Linear(
             self.in_features,
             self.out_features,
@@ -270,7 +342,7 @@ class SparseLoRALinear(nn.Module):
             dtype=self.values.dtype,
         )
         with torch.no_grad():
-            linear.weight.copy_(self.merged_weight())
+            linear.weight.copy_(self.merged_weight(adapters))
             if self.bias is not None:
                 linear.bias.copy_(self.bias)
         return linear
@@ -295,32 +367,35 @@ class SparseLoRALinear(nn.Module):
     @torch.no_grad()
     def choose_backward_mask(self) -> None:
         """(Re)choose the backward copy's mask from the current weight: for ``transposable`` the exact transpose
-        of the forward mask, for ``double`` Wsᵀ pruned 2:4 along N by magnitude (SLoPe)."""
-        if not self._needs_copy():
+        of the forward mask, for ``double`` Wsᵀ pruned 2:4 along N by |Ws| (SLoPe).
+
+        The rule is |Ws| even for a layer built with ``mask=scores``: the copy is re-chosen during training, where
+        only the weight exists. So such a layer's backward mask is ``double_mask_2to4(Ws)[1]``, not
+        ``double_mask_2to4(scores)[1]`` (which prunes the second time by |scores|)."""
+        if not self._needs_copy() or self.values.is_meta:
             return
-        ws_t = sparsity.decompress_2to4(self.values.detach(), self.meta).t().contiguous()  # [K, N]
+        values = self.values.detach()
+        if hasattr(values, "full_tensor"):  # FSDP2's sharded parameter: gather it (every rank calls this together)
+            values = values.full_tensor()
+        ws_t = sparsity.decompress_2to4(values, self.meta).t().contiguous()  # [K, N]
         self.bwd_meta.copy_(sparsity.compress_2to4(ws_t, strict=self.pattern == "transposable")[1])
 
-    def _watch_updates(self) -> None:
-        """Count updates on the parameter autograd accumulates the weight's gradient into: ``values`` itself, or
-        under FSDP2 the unsharded parameter that ``fully_shard`` gathers it into (one object, reused every step).
-        A hook stays with its parameter object, so a new one (FSDP2's, a deepcopy's, an unpickled one) gets its
-        own at its first forward."""
-        values = self.values
-        if self.backward != "double" or not values.requires_grad or self._watched == id(values):
-            return
-        values.register_post_accumulate_grad_hook(self._count_update)
-        self._watched = id(values)
-
-    def _count_update(self, values: torch.Tensor) -> None:
-        # Runs after the weight's gradient is accumulated, outside any traced graph.
-        self.updates += 1
-        if int(self.updates) % self.refresh_every == 0:
+    @torch.no_grad()
+    def count_optimizer_step(self) -> None:
+        """Count one optimizer step that updated this layer's weight; every ``refresh_every``-th re-chooses the
+        backward copy's mask from the updated weight. ``torch.optim`` optimizers call this by themselves (see
+        ``refresh_every``); call it after each step of another optimizer."""
+        self.updates.add_(1)
+        self._updates += 1
+        if self._updates % self.refresh_every == 0:
             self.choose_backward_mask()
 
+    def __setstate__(self, state) -> None:
+        # A copy (deepcopy, pickle) counts its own optimizer steps.
+        super().__setstate__(state)
+        _count_steps_of(self)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            self._watch_updates()
         lora = self.adapter_active and self.adapter == "lora"
         y = sparse24_linear(
             x,
@@ -352,9 +427,53 @@ def _meta_bytes(value: torch.Tensor, shape: tuple[int, int], name: str) -> torch
     return value.contiguous().view(torch.uint8)
 
 
-def _sync_adapter_switch(module: nn.Module, incompatible_keys) -> None:
-    """After ``load_state_dict``: the Python mirror of the adapter switch follows the loaded buffer."""
+def _sync_mirrors(module: nn.Module, incompatible_keys=None) -> None:
+    """After ``load_state_dict``: the Python mirrors of the adapter switch and of the step count follow the loaded
+    buffers."""
     module._adapter_on = module.adapter is not None and bool(module.adapter_enabled)
+    updates = getattr(module, "updates", None)
+    if updates is not None and not updates.is_meta:
+        module._updates = int(updates)
+
+
+# The positions (i, j), i < j, a group of 4 can keep, as metadata nibbles i | j << 2.
+_PAIR_NIBBLES = torch.tensor([i | j << 2 for i in range(4) for j in range(i + 1, 4)], dtype=torch.int32)
+
+
+def _pack_nibbles(nibbles: torch.Tensor) -> torch.Tensor:
+    """int16 metadata [N, G/4] from one nibble per group [N, G] (group g at bits 4·(g mod 4) of word g // 4)."""
+    n, groups = nibbles.shape
+    shifts = torch.tensor([0, 4, 8, 12], dtype=torch.int32, device=nibbles.device)
+    # Four nibbles fill all 16 bits; the int32 sum wraps into int16 as two's complement.
+    return (nibbles.view(n, groups // 4, 4) << shifts).sum(-1, dtype=torch.int32).to(torch.int16)
+
+
+# SLoPe refreshes the backward copy per optimizer step. A global step hook of torch.optim finds, among the
+# parameters of the optimizer that stepped, the ``values`` of live double-pruned layers that received a gradient.
+_STEP_COUNTING: weakref.WeakSet = weakref.WeakSet()
+_STEP_HOOK = None
+
+
+def _count_steps_of(layer: SparseLoRALinear) -> None:
+    global _STEP_HOOK
+    if layer.backward != "double":
+        return
+    _STEP_COUNTING.add(layer)
+    if _STEP_HOOK is None:
+        _STEP_HOOK = register_optimizer_step_post_hook(_after_optimizer_step)
+
+
+@torch.compiler.disable
+def _after_optimizer_step(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+    if not _STEP_COUNTING:
+        return
+    layers = {id(layer.values): layer for layer in list(_STEP_COUNTING)}
+    # In the optimizer's parameter order, the same on every rank: a refresh of a sharded weight is a collective.
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            layer = layers.get(id(param))
+            if layer is not None and layer.values is param and param.grad is not None:
+                layer.count_optimizer_step()
 
 
 def _init_adapter(module: nn.Module, adapter, rank, in_features, out_features, pera_mode, factory) -> None:
@@ -366,11 +485,21 @@ def _init_adapter(module: nn.Module, adapter, rank, in_features, out_features, p
         return
     module.lora_a = nn.Parameter(torch.empty(rank, in_features, **factory))
     module.lora_b = nn.Parameter(torch.zeros(out_features, rank, **factory))
-    nn.init.kaiming_uniform_(module.lora_a, a=math.sqrt(5))
     if adapter == "pera":
         module.lora_h = nn.Parameter(torch.zeros(num_pairs(rank, pera_mode), **factory))
     else:
         module.register_parameter("lora_h", None)
+    _reset_adapter(module)
+
+
+@torch.no_grad()
+def _reset_adapter(module: nn.Module) -> None:
+    if module.lora_a is None or module.lora_a.is_meta:
+        return
+    nn.init.kaiming_uniform_(module.lora_a, a=math.sqrt(5))
+    module.lora_b.zero_()
+    if module.lora_h is not None:
+        module.lora_h.zero_()
 
 
 def _delta_weight(module: nn.Module) -> torch.Tensor:
@@ -410,7 +539,7 @@ class PeraLinear(nn.Module):
         _init_adapter(self, "pera", rank, self.in_features, self.out_features, self.pera_mode, factory)
         self._adapter_on = not lazy
         self.register_buffer("adapter_enabled", torch.tensor(not lazy, device=base.weight.device))
-        self.register_load_state_dict_post_hook(_sync_adapter_switch)
+        self.register_load_state_dict_post_hook(_sync_mirrors)
 
     @property
     def scale(self) -> float:
@@ -451,114 +580,3 @@ class PeraLinear(nn.Module):
 
 def _factory(t: torch.Tensor) -> dict:
     return {"device": t.device, "dtype": t.dtype}
-
-
-@dataclass(frozen=True)
-class SkippedLayer:
-    """A layer ``sparsify`` left dense, and why."""
-
-    name: str
-    reason: str
-
-
-def _dense_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """(weight [out, in], bias) of an ``nn.Linear`` or a Hugging Face ``Conv1D`` (weight stored [in, out])."""
-    if isinstance(module, nn.Linear):
-        return module.weight, module.bias
-    if type(module).__name__ == "Conv1D" and hasattr(module, "nf") and module.weight.dim() == 2:
-        return module.weight.t(), module.bias
-    return None
-
-
-def check_patterns(name: str, patterns) -> None:
-    """A lone string is a common slip for a list of fnmatch patterns: say so rather than match its characters."""
-    if isinstance(patterns, str):
-        raise TypeError(f"{name} must be a list of fnmatch patterns, got the string {patterns!r}; use [{patterns!r}]")
-
-
-def select_linear_layers(
-    model: nn.Module,
-    include: list[str] | tuple[str, ...] | None = None,
-    exclude: list[str] | tuple[str, ...] = ("lm_head", "*.lm_head"),
-) -> list[tuple[str, nn.Module]]:
-    """(qualified name, module) of every ``nn.Linear`` and Hugging Face ``Conv1D`` of ``model`` whose name matches
-    an ``include`` fnmatch pattern (default: all) and no ``exclude`` pattern."""
-    check_patterns("include", include)
-    check_patterns("exclude", exclude)
-    found = []
-    for name, module in model.named_modules():
-        if not name or _dense_weight(module) is None:
-            continue
-        if include is not None and not any(fnmatch.fnmatch(name, p) for p in include):
-            continue
-        if any(fnmatch.fnmatch(name, p) for p in exclude):
-            continue
-        found.append((name, module))
-    return found
-
-
-def sparsify(
-    model: nn.Module,
-    rank: int = 16,
-    include: list[str] | tuple[str, ...] | None = None,
-    exclude: list[str] | tuple[str, ...] = ("lm_head", "*.lm_head"),
-    scores: dict[str, torch.Tensor] | None = None,
-    **kwargs,
-) -> list[SkippedLayer]:
-    """Replace, in place, every ``nn.Linear`` (and Hugging Face ``Conv1D``) of ``model`` whose qualified name
-    matches ``include`` (fnmatch patterns; default all) and no ``exclude`` pattern by a ``SparseLoRALinear``
-    (``from_weight(weight, bias, rank, **kwargs)``). Layers whose shape the kernels cannot take stay dense.
-    ``scores`` maps qualified names to importance scores [out, in] (e.g. Wanda's, from calibration) that choose
-    those layers' masks instead of magnitude.
-
-    Returns the layers left dense with the reason for each (excluded ones are not listed)."""
-    skipped: list[SkippedLayer] = []
-    targets = []
-    for name, module in select_linear_layers(model, include, exclude):
-        found = _dense_weight(module)
-        weight, _ = found
-        out_features, in_features = weight.shape
-        origin = type(module)
-        if in_features % 16 != 0:
-            skipped.append(SkippedLayer(name, f"in_features={in_features} is not a multiple of 16"))
-            continue
-        needs_n16 = kwargs.get("backward", "double") == "double" or kwargs.get("pattern") == "transposable"
-        if needs_n16 and out_features % 16 != 0:
-            skipped.append(SkippedLayer(name, f"out_features={out_features} is not a multiple of 16"))
-            continue
-        targets.append((name, weight, found[1], origin))
-    default_mask = kwargs.pop("mask", "magnitude")
-    for name, weight, bias, origin in targets:
-        mask = scores[name] if scores is not None and name in scores else default_mask
-        layer = SparseLoRALinear.from_weight(weight, bias, rank=rank, mask=mask, **kwargs)
-        layer.dense_origin = origin
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, layer)
-    return skipped
-
-
-def merge(model: nn.Module) -> nn.Module:
-    """Replace, in place, every ``SparseLoRALinear`` of ``model`` by a dense layer computing the same function
-    (adapter merged), for export: an ``nn.Linear``, or the Hugging Face ``Conv1D`` it was made from (weight
-    stored [in, out] again), so the model's state_dict has its original names and shapes. Returns ``model``."""
-    targets = [(name, m) for name, m in model.named_modules() if isinstance(m, SparseLoRALinear)]
-    for name, layer in targets:
-        dense = layer.to_linear()
-        origin = getattr(layer, "dense_origin", nn.Linear)
-        if origin is not nn.Linear and origin.__name__ == "Conv1D":
-            conv = origin(layer.out_features, layer.in_features).to(
-                device=dense.weight.device, dtype=dense.weight.dtype
-            )
-            with torch.no_grad():
-                conv.weight.copy_(dense.weight.t())
-                if dense.bias is not None:
-                    conv.bias.copy_(dense.bias)
-                else:
-                    conv.bias.zero_()
-            dense = conv
-        if not name:
-            return dense
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, dense)
-    return model

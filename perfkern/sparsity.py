@@ -77,7 +77,12 @@ def double_mask_2to4(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     ``mask`` is the row mask (2:4 along K) used by the forward; ``bwd_mask`` prunes the kept entries again,
     2:4 along N by |score|, so the backward copy ``(W ⊙ bwd_mask)ᵀ`` [K, N] is 2:4 along its rows. It keeps
-    about 41% of W (vs 50%). N must be a multiple of 16."""
+    about 41% of W (vs 50%). N must be a multiple of 16.
+
+    ``SparseLoRALinear`` built with ``mask=scores`` takes ``mask`` from the scores but chooses its backward copy by
+    |Ws| (it re-chooses it during training, where only the weight exists): its backward mask is
+    ``double_mask_2to4(Ws)[1]`` for the pruned weight Ws, which differs from ``double_mask_2to4(scores)[1]`` where
+    the scores do not rank like |W|."""
     _check_dense("scores", scores)
     check_k16("N (scores.shape[0]) for the double mask", scores.shape[0])
     mask = _ops.mask_2to4(scores)

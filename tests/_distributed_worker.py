@@ -223,9 +223,25 @@ def fsdp_main(out_dir: str, ckpt_dir: str) -> None:
 
         result["resumed"] = train(saved, saved_opt, rank, world, steps=2)
         result["reloaded_resumed"] = train(fresh, fresh_opt, rank, world, steps=2)
+        result["meta_init"] = meta_init_run(mesh, rank, world)
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
     finally:
         _teardown()
+
+
+def meta_init_run(mesh, rank: int, world: int) -> dict:
+    """FSDP2's meta-device initialisation: the model is built on the meta device (no memory, no computation),
+    sharded, allocated with ``to_empty`` and given the full state dict of the single-process model, then trained
+    as that model is."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    with torch.device("meta"):
+        model = build_model()
+    assert all(p.is_meta for p in model.parameters())
+    shard(model, mesh)
+    model.to_empty(device="cpu")
+    set_model_state_dict(model, build_model().state_dict(), options=StateDictOptions(full_state_dict=True))
+    return train(model, make_optimizer(CHECKPOINTED, model), rank, world)
 
 
 def main() -> None:

@@ -28,10 +28,15 @@ LAYERS: dict[str, int] = {
     "perfkern.ops": 3,  # custom ops: schema, fake, autograd, per-backend kernels
     "perfkern.functional": 4,  # public functions
     "perfkern.sparsity": 4,  # the 2:4 format and masks
-    "perfkern.nn": 5,  # modules and model conversion
+    "perfkern.nn": 5,  # modules
+    "perfkern.convert": 5,  # model conversion (sparsify, merge)
     "perfkern.dendrites": 5,
     "perfkern.integrations.peft": 5,
+    "perfkern.bitmask": 4,  # compressed-tensors' sparse-24-bitmask format
+    "perfkern.integrations.transformers": 6,  # quantizer, from_pretrained, Trainer callback
+    "perfkern.integrations._trainer": 6,
     "perfkern.calibration": 6,  # scores and converts nn's layers
+    "perfkern.export": 6,  # adapters out as one PEFT LoRA
     "perfkern.demo": 7,
     "perfkern.__main__": 7,
     "perfkern": 7,  # the package itself re-exports everything

@@ -192,6 +192,18 @@ def test_fsdp2_buffers_and_mask_schedule(fsdp_run, single, opt_name):
         _assert_close(run["buffers"], single[opt_name]["buffers"], f"FSDP2 rank {rank}, buffer")
 
 
+def test_fsdp2_meta_device_init_matches_single_process(fsdp_run, single):
+    """Built on the meta device, sharded, ``to_empty``, loaded from a full state dict: trains as one process does."""
+    ranks, _ = fsdp_run
+    want = single[worker.CHECKPOINTED]
+    for rank, result in enumerate(ranks):
+        run = result["meta_init"]
+        assert run["updates"] == want["updates"], f"rank {rank}: updates after each forward"
+        _assert_close(run["grads0"], want["grads0"], f"meta-initialised FSDP2 rank {rank}, first-step gradient of")
+        _assert_close(run["params"], want["params"], f"meta-initialised FSDP2 rank {rank}, after {worker.STEPS} steps,")
+        _assert_close(run["buffers"], want["buffers"], f"meta-initialised FSDP2 rank {rank}, buffer")
+
+
 # The sharded checkpoint.
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from perfkern import nn as _layers
+from perfkern import convert as _layers
 
 Batch = torch.Tensor | Mapping[str, Any] | tuple[Any, ...]
 LossFn = Callable[[Any, Batch], torch.Tensor]

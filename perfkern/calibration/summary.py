@@ -7,7 +7,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from perfkern import nn as _layers
+from perfkern import convert as _layers
 
 
 @dataclasses.dataclass(frozen=True)

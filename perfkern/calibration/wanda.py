@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from perfkern import nn as _layers
+from perfkern import convert as _layers
 from perfkern.calibration._common import (
     DEFAULT_EXCLUDE,
     Batch,
