@@ -76,14 +76,15 @@ class Pool {
 
  private:
   void start_workers(int count) {
+    // A new worker's first job is the next generation, whenever the thread gets to run.
+    const uint64_t current = generation_.load(std::memory_order_relaxed);
     while (started_ < count) {
       const int index = started_++;
-      std::thread([this, index] { work(index); }).detach();
+      std::thread([this, index, current] { work(index, current); }).detach();
     }
   }
 
-  void work(int index) {
-    uint64_t seen = generation_.load(std::memory_order_acquire);
+  void work(int index, uint64_t seen) {
     for (;;) {
       uint64_t gen = generation_.load(std::memory_order_acquire);
       const auto until = std::chrono::steady_clock::now() + kSpin;
