@@ -144,10 +144,15 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
+@functools.cache
+def _cpu_device_name(threads: int) -> str:
+    return normalize_device_name(f"cpu {_cpu_model()} {threads}t")
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cpu":
         # Timings on the CPU depend on the threads torch (and so the CPU kernels) are given.
-        return normalize_device_name(f"cpu {_cpu_model()} {torch.get_num_threads()}t")
+        return _cpu_device_name(torch.get_num_threads())
     return _cuda_device_name(device.index if device.index is not None else torch.cuda.current_device())
 
 

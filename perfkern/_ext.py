@@ -48,10 +48,11 @@ def unavailable_reason() -> str | None:
 
 def cpu_unavailable_reason() -> str | None:
     """Why the cpu backend (the core's CPU kernels) cannot run, or None."""
-    module, reason = _load()
+    module, _ = _load()
     if module is None:
-        return reason.replace("the CUDA extension", "the compiled core").replace(
-            _BUILD_HINT, "reinstall with a C++ compiler and CMake >= 3.24 (PERFKERN_BUILD_NATIVE=1 pip install ...)"
+        return (
+            "perfkern._C is not built (a pure-Python install); reinstall with CMake >= 3.24 and a C++ compiler: "
+            "PERFKERN_BUILD_NATIVE=1 pip install --no-build-isolation -e ."
         )
     if not hasattr(module, "sparse24_mm_cpu"):
         return "perfkern._C predates the CPU kernels; reinstall perfkern"

@@ -69,11 +69,11 @@ inline void load_step(const void* row, int64_t s, __m256& lo, __m256& hi) {
 }
 
 // R weight rows x MT rows of x of a 2:4 weight; acc[r * MT + j] gets the dot product of weight row n + r and x row
-// m0 + j.
+// m0 + j. One accumulator per pair: a step is long enough (about 14 instructions per row) to hide the FMA latency,
+// and the registers it saves keep the accumulators out of memory.
 template <perfkern_dtype_t D, int R, int MT>
 void sparse_rows_tile(const Problem& p, int64_t n, int64_t m0, float* acc) {
-  const __m256i shift_lo = _mm256_setr_epi32(0, 2, 4, 6, 16, 18, 20, 22);
-  const __m256i shift_hi = _mm256_setr_epi32(8, 10, 12, 14, 24, 26, 28, 30);
+  const __m256i shift = _mm256_setr_epi32(0, 2, 4, 6, 16, 18, 20, 22);
   const int64_t esize = D == PERFKERN_DTYPE_F32 ? 4 : 2;
   const char* vrow[R];
   const int16_t* mrow[R];
@@ -81,18 +81,18 @@ void sparse_rows_tile(const Problem& p, int64_t n, int64_t m0, float* acc) {
     vrow[r] = static_cast<const char*>(p.values) + (n + r) * p.values_stride * esize;
     mrow[r] = p.meta + (n + r) * p.meta_stride;
   }
-  __m256 a[R][MT][2];
+  __m256 a[R][MT];
   for (int r = 0; r < R; ++r) {
-    for (int j = 0; j < MT; ++j) a[r][j][0] = a[r][j][1] = _mm256_setzero_ps();
+    for (int j = 0; j < MT; ++j) a[r][j] = _mm256_setzero_ps();
   }
   const int64_t steps = p.k / 32;
   for (int64_t s = 0; s < steps; ++s) {
     for (int r = 0; r < R; ++r) {
       int32_t words;
       std::memcpy(&words, mrow[r] + 2 * s, 4);
-      const __m256i bc = _mm256_set1_epi32(words);
-      const __m256i idx_lo = _mm256_srlv_epi32(bc, shift_lo);
-      const __m256i idx_hi = _mm256_srlv_epi32(bc, shift_hi);
+      // Lane indices for groups 0-1 (lo) and, 8 bits further, groups 2-3 (hi) of both words.
+      const __m256i idx_lo = _mm256_srlv_epi32(_mm256_set1_epi32(words), shift);
+      const __m256i idx_hi = _mm256_srli_epi32(idx_lo, 8);
       __m256 vlo, vhi;
       load_step<D>(vrow[r], s, vlo, vhi);
       for (int j = 0; j < MT; ++j) {
@@ -101,14 +101,13 @@ void sparse_rows_tile(const Problem& p, int64_t n, int64_t m0, float* acc) {
                                            _mm256_permutevar_ps(_mm256_load_ps(x + 8), idx_lo), 0xcc);
         const __m256 ghi = _mm256_blend_ps(_mm256_permutevar_ps(_mm256_load_ps(x + 16), idx_hi),
                                            _mm256_permutevar_ps(_mm256_load_ps(x + 24), idx_hi), 0xcc);
-        a[r][j][0] = _mm256_fmadd_ps(vlo, glo, a[r][j][0]);
-        a[r][j][1] = _mm256_fmadd_ps(vhi, ghi, a[r][j][1]);
+        a[r][j] = _mm256_fmadd_ps(vhi, ghi, _mm256_fmadd_ps(vlo, glo, a[r][j]));
       }
     }
   }
   for (int r = 0; r < R; ++r) {
     for (int j = 0; j < MT; ++j) {
-      float sum = hsum(_mm256_add_ps(a[r][j][0], a[r][j][1]));
+      float sum = hsum(a[r][j]);
       if (p.k % 32 != 0) {  // the last 16 columns, a single word: plain x there
         const int64_t c = p.k / 16 - 1;
         const uint32_t w = static_cast<uint16_t>(mrow[r][c]);
