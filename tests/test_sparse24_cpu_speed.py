@@ -1,8 +1,12 @@
 """CI's guard on the CPU kernel's speed (issue: a regression must not land silently): at decode, M = 1, fp32, a
 4096 x 4096 2:4 weight, the cpu kernel beats ``torch.nn.functional.linear`` on the dense weight by at least 1.2x.
-The physical limit is 1.88x (the bytes read); the margin absorbs a loaded 2-core CI machine, as do the method:
-medians of many calls, the two timed round-robin so that a load change hits both, and up to three attempts (the
-best ratio counts). A kernel that has really slowed down fails all three."""
+
+Both run on one thread and are timed by that thread's CPU time, so a CI machine shared with other jobs, which
+delays a thread by whole scheduler slices (and a two-thread call by its slower thread), does not decide the
+outcome: on such a machine wall-clock medians of either swing by 2x. The physical limit is 1.88x (the bytes
+read); the margin, medians of many calls timed round-robin, and up to three attempts (the best ratio counts)
+absorb the rest. A kernel that has really slowed down fails all three (the scalar kernel, forced, runs at
+0.6x). Wall-clock, multi-threaded ratios are the benchmark's job (bench/bench_sparse24_cpu.py)."""
 
 import statistics
 import time
@@ -23,23 +27,31 @@ ATTEMPTS = 3
 
 
 def speedup_over_linear(kernel, linear, rounds: int = ROUNDS) -> float:
-    """Median time of ``linear`` over median time of ``kernel``, the two called alternately."""
+    """Median CPU time of ``linear`` over that of ``kernel`` on the calling thread, the two called alternately."""
     for _ in range(3):
         kernel()
         linear()
     ours, theirs = [], []
     for _ in range(rounds):
-        start = time.perf_counter()
+        start = time.thread_time()
         kernel()
-        ours.append(time.perf_counter() - start)
-        start = time.perf_counter()
+        ours.append(time.thread_time() - start)
+        start = time.thread_time()
         linear()
-        theirs.append(time.perf_counter() - start)
+        theirs.append(time.thread_time() - start)
     return statistics.median(theirs) / statistics.median(ours)
 
 
+@pytest.fixture
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # F.linear's and, through torch.get_num_threads, the kernel's
+    yield
+    torch.set_num_threads(previous)
+
+
 @torch.no_grad()
-def test_decode_kernel_beats_f_linear():
+def test_decode_kernel_beats_f_linear(one_thread):
     torch.manual_seed(0)
     w = torch.randn(4096, 4096)
     values, meta = ref.compress_2to4(w * ref.mask_2to4(w))
@@ -60,5 +72,5 @@ def test_decode_kernel_beats_f_linear():
     pytest.fail(
         f"the M=1 fp32 4096x4096 cpu kernel ran {max(ratios):.2f}x F.linear at best (attempts: "
         f"{', '.join(f'{r:.2f}x' for r in ratios)}), below the {MIN_SPEEDUP}x CI floor "
-        f"({_ext.require_cpu().cpu_isa()} kernels, {torch.get_num_threads()} threads)"
+        f"({_ext.require_cpu().cpu_isa()} kernels, one thread, CPU time)"
     )

@@ -79,8 +79,10 @@ const Kernels& avx512_kernels();
 const Kernels& avx512_bf16_kernels();
 #endif
 
-// Thread pool: run(fn, ctx, threads) calls fn(ctx, t, threads) for t in [0, threads), t = 0 on the calling thread,
-// the others on persistent workers, and returns when all are done. One call at a time (callers are serialised).
+// Thread pool: pool_run(fn, ctx, threads) calls fn(ctx, 0, threads) on the calling thread and fn(ctx, t, threads)
+// on each persistent worker t in [1, threads) that wakes before the caller's call returns; it returns when every
+// call that started is done. So fn must share the work out itself (take chunks from a counter in ctx): the
+// caller's call alone must be able to finish it. One job at a time (callers are serialised).
 using TaskFn = void (*)(void* ctx, int thread, int threads);
 void pool_run(TaskFn fn, void* ctx, int threads);
 // The pool's scratch buffer, at least `bytes` long and 64-byte aligned, grown (never shrunk) when too small.

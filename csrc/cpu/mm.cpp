@@ -2,6 +2,7 @@
 // one-time preparation of x (fp32, in the layout the kernel reads) and the split of the output's columns over the
 // pool's threads. The kernels themselves are in kernels_<isa>.cpp, each compiled for its instruction set.
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <string>
 
@@ -182,22 +183,14 @@ void prepare_row(const Common& c, int64_t m, XLayout layout, float* dst) {
   load_row_f32(src, base + col, 1, c.k - col, c.dtype, dst + col);
 }
 
-struct PrepareCols {
-  const Common* c;
-  float* dst;
-  int64_t mp;
-};
-
-void prepare_cols_task(void* ctx, int t, int threads) {
-  const auto& job = *static_cast<const PrepareCols*>(ctx);
-  const Common& c = *job.c;
-  const int64_t k0 = c.k * t / threads, k1 = c.k * (t + 1) / threads;
-  constexpr int64_t kBlock = 64;  // columns of x read per pass, so each row's span stays in cache
-  for (int64_t kb = k0; kb < k1; kb += kBlock) {
-    const int64_t kend = std::min(kb + kBlock, k1);
-    for (int64_t m = 0; m < job.mp; ++m) {
+// x^T [k][mp], m padded with zeros, 64 columns of x per pass so each row's span stays in cache.
+void prepare_cols(const Common& c, float* dst, int64_t mp) {
+  constexpr int64_t kBlock = 64;
+  for (int64_t kb = 0; kb < c.k; kb += kBlock) {
+    const int64_t kend = std::min(kb + kBlock, c.k);
+    for (int64_t m = 0; m < mp; ++m) {
       for (int64_t k = kb; k < kend; ++k) {
-        job.dst[k * job.mp + m] = m < c.m ? load_f32(c.x, m * c.x_row_stride + k, c.dtype) : 0.0f;
+        dst[k * mp + m] = m < c.m ? load_f32(c.x, m * c.x_row_stride + k, c.dtype) : 0.0f;
       }
     }
   }
@@ -211,17 +204,22 @@ struct MmJob {
   bool cols;
   float* thread_scratch;
   int64_t thread_scratch_floats;
+  int64_t chunk;                     // output columns per grab, a multiple of 4 (the kernels' row tile)
+  std::atomic<int64_t> next{0};      // the first column not yet taken
 };
 
-// Columns of the output (weight rows) go to threads in contiguous runs, multiples of 4 (the kernels' row tile).
+// Threads take runs of output columns (weight rows) from a shared counter until none are left, so a thread that
+// the OS runs late (a loaded machine) takes less, instead of making every other thread wait for its share.
 void mm_task(void* ctx, int t, int threads) {
-  const auto& job = *static_cast<const MmJob*>(ctx);
-  const int64_t tiles = (job.p.n + 3) / 4;
-  const int64_t n0 = std::min(job.p.n, tiles * t / threads * 4);
-  const int64_t n1 = std::min(job.p.n, tiles * (t + 1) / threads * 4);
-  if (n0 >= n1) return;
+  (void)threads;
+  auto& job = *static_cast<MmJob*>(ctx);
   Scratch scratch{job.thread_scratch + t * job.thread_scratch_floats, job.thread_scratch_floats};
-  (job.cols ? job.kernels->cols : job.kernels->rows)(job.p, n0, n1, scratch);
+  const auto kernel = job.cols ? job.kernels->cols : job.kernels->rows;
+  for (;;) {
+    const int64_t n0 = job.next.fetch_add(job.chunk, std::memory_order_relaxed);
+    if (n0 >= job.p.n) return;
+    kernel(job.p, n0, std::min(job.p.n, n0 + job.chunk), scratch);
+  }
 }
 
 // Threads worth starting: about 256K multiply-adds each at least (a wake-up costs microseconds), and 4 weight rows.
@@ -291,8 +289,7 @@ perfkern_status_t run_mm(const Common& c, bool sparse, const void* weight, const
     p.x = static_cast<const float*>(c.x);
     p.x_stride = c.x_row_stride;
   } else if (cols) {
-    PrepareCols prep{&c, xbuf, mp};
-    pool_run(prepare_cols_task, &prep, c.m * c.k >= (1 << 16) ? threads : 1);
+    prepare_cols(c, xbuf, mp);
     p.x = xbuf;
     p.x_stride = mp;
   } else {
@@ -305,7 +302,14 @@ perfkern_status_t run_mm(const Common& c, bool sparse, const void* weight, const
   }
   p.lora_t = tbuf;
 
-  MmJob job{p, &kernels, cols, thread_scratch, per_thread};
+  MmJob job;
+  job.p = p;
+  job.kernels = &kernels;
+  job.cols = cols;
+  job.thread_scratch = thread_scratch;
+  job.thread_scratch_floats = per_thread;
+  // About 16 runs per thread: small enough to even out a late thread, large enough to keep the weight streaming.
+  job.chunk = std::max<int64_t>(4, round_up(c.n / (16 * threads), 4));
   pool_run(mm_task, &job, threads);
   return PERFKERN_SUCCESS;
 }

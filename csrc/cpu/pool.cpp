@@ -1,7 +1,10 @@
 // The CPU launchers' thread pool: workers started on first need and kept, so a call costs a wake-up, not a
-// thread start. A call runs on exactly the threads it asks for (the caller is thread 0); workers not asked stay
-// asleep. After a job a worker spins briefly (decode calls come back to back) and then sleeps on a condition
-// variable, so an idle pool takes no CPU time from the framework that calls it.
+// thread start. A call runs on at most the threads it asks for (the caller is thread 0); workers not asked stay
+// asleep. Jobs share out their own work (a counter of chunks), so the caller never waits for a worker that the OS
+// has not run yet: once the caller's own share of the job returns, the job is closed, and a worker that wakes
+// later leaves it alone; the caller waits only for workers inside it. After a job a worker spins briefly (decode
+// calls come back to back) and then sleeps on a condition variable, so an idle pool takes no CPU time from the
+// framework that calls it.
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -46,16 +49,19 @@ class Pool {
     start_workers(threads - 1);
     fn_ = fn;
     ctx_ = ctx;
-    pending_.store(threads - 1, std::memory_order_relaxed);
+    open_.store(true);
     {
       // The job's thread count travels in the generation word, so a worker reads both at once.
       std::lock_guard<std::mutex> lock(mutex_);
       const uint64_t next = ((generation_.load(std::memory_order_relaxed) >> 16) + 1) << 16;
-      generation_.store(next | static_cast<uint64_t>(threads), std::memory_order_release);
+      generation_.store(next | static_cast<uint64_t>(threads));
     }
     wake_.notify_all();
     fn(ctx, 0, threads);
-    for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {
+    // Sequentially consistent with the workers' (active_++, then open_): either a worker sees the job closed, or
+    // this thread sees it active and waits for it.
+    open_.store(false);
+    for (int spins = 0; active_.load() != 0; ++spins) {
       if (spins < 4096) {
         cpu_relax();
       } else {
@@ -99,8 +105,9 @@ class Pool {
       seen = gen;
       const int threads = static_cast<int>(gen & 0xffff);
       if (index + 1 < threads) {
-        fn_(ctx_, index + 1, threads);
-        pending_.fetch_sub(1, std::memory_order_release);
+        active_.fetch_add(1);
+        if (open_.load() && generation_.load() == gen) fn_(ctx_, index + 1, threads);
+        active_.fetch_sub(1);
       }
     }
   }
@@ -108,7 +115,8 @@ class Pool {
   std::mutex mutex_;
   std::condition_variable wake_;
   std::atomic<uint64_t> generation_{0};
-  std::atomic<int> pending_{0};
+  std::atomic<bool> open_{false};  // the current job takes workers
+  std::atomic<int> active_{0};     // workers inside a job's function (or about to check open_)
   TaskFn fn_ = nullptr;
   void* ctx_ = nullptr;
   int started_ = 0;
