@@ -41,6 +41,15 @@ struct V16 {
   }
 };
 
+inline float hsum16(__m512 v) {
+  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v),
+                                 _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
 // 16 weight values (fp32 or widened) at element i of row.
 template <perfkern_dtype_t D>
 inline __m512 load16(const void* row, int64_t i) {
@@ -98,7 +107,7 @@ void rows_tile_f32(const Problem& p, int64_t n, int64_t m0, float* acc) {
   }
   for (int r = 0; r < R; ++r) {
     for (int j = 0; j < MT; ++j) {
-      float sum = _mm512_reduce_add_ps(_mm512_add_ps(a[r][j][0], a[r][j][1]));
+      float sum = hsum16(_mm512_add_ps(a[r][j][0], a[r][j][1]));
       if (p.sparse && p.k % 32 != 0) {  // the last 16 columns, a single word
         const int64_t c = p.k / 16 - 1;
         const uint32_t w = static_cast<uint16_t>(mrow[r][c]);

@@ -69,7 +69,7 @@ void bf16_tile(const Problem& p, int64_t n, int64_t m0, float* acc) {
   }
   for (int r = 0; r < R; ++r) {
     for (int j = 0; j < MT; ++j) {
-      float sum = _mm512_reduce_add_ps(_mm512_add_ps(a[r][j][0], a[r][j][1]));
+      float sum = avx512::hsum16(_mm512_add_ps(a[r][j][0], a[r][j][1]));
       const uint16_t* x = x0 + (m0 + j) * p.x_native_stride;
       for (int64_t c = steps * 4; c < p.k / 16; ++c) {  // up to 3 trailing words
         const uint32_t w = static_cast<uint16_t>(mrow[r][c]);

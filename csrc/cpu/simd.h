@@ -7,6 +7,7 @@
 #if defined(PERFKERN_CPU_SIMDE)
 #define SIMDE_ENABLE_NATIVE_ALIASES
 #include <simde/x86/avx512.h>
+#include <simde/x86/f16c.h>
 #else
 #include <immintrin.h>
 #endif
