@@ -132,6 +132,17 @@ def test_threads_do_not_change_the_result(m, monkeypatch):
                               _torch_native(x, values, meta, b, t, lora_b, 0.5))  # fmt: skip
 
 
+def test_broadcast_operands():
+    """Stride-0 inputs (an expanded x row, an expanded bias) are read as they are, not rejected or copied."""
+    x, values, meta, *_ = _operands(1, 9, 64, 0, torch.float32, False, False)
+    xb, bias = x.expand(5, 64), torch.randn(1).expand(9)
+    assert xb.stride(0) == 0 and bias.stride(0) == 0
+    out = torch.full((5, 9), float("nan"))
+    ops._cpu_mm(xb, values, meta, bias, None, None, 1.0, out)
+    truth = _truth(xb, values, meta, bias, None, None, 1.0)
+    assert_within_torch_error(out, truth, _torch_native(xb, values, meta, bias, None, None, 1.0))
+
+
 def test_empty_products_write_only_the_epilogue():
     x, values, meta, b, t, lora_b = _operands(3, 5, 16, 2, torch.float32, True, False)
     out = torch.full((3, 5), float("nan"))
@@ -152,8 +163,10 @@ def test_errors_name_the_field():
     )  # fmt: skip
     with pytest.raises(RuntimeError, match="k: expected a multiple of 16, got 40"):
         module.sparse24_mm_cpu(**{**fields, "k": 40})
-    with pytest.raises(RuntimeError, match=r"x_row_stride: expected >= 32 \(k\), got 16"):
-        module.sparse24_mm_cpu(**{**fields, "x_row_stride": 16})
+    with pytest.raises(RuntimeError, match=r"out_row_stride: expected >= 4 \(n\), got 3"):
+        module.sparse24_mm_cpu(**{**fields, "out_row_stride": 3})
+    with pytest.raises(RuntimeError, match="x_row_stride: expected >= 0, got -32"):
+        module.sparse24_mm_cpu(**{**fields, "x_row_stride": -32})
     with pytest.raises(RuntimeError, match="num_threads: expected 1..4096, got 0"):
         module.sparse24_mm_cpu(**{**fields, "num_threads": 0})
     with pytest.raises(RuntimeError, match="lora_t: expected a non-null pointer, got NULL"):

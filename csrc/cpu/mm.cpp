@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "common/internal.h"
 #include "cpu/cpu.h"
@@ -151,11 +152,14 @@ perfkern_status_t check_common(const Common& c) {
   const bool any_out = c.m > 0 && c.n > 0;
   PERFKERN_RETURN_IF_ERROR(check_ptr(c.out, "out", any_out));
   PERFKERN_RETURN_IF_ERROR(check_ptr(c.x, "x", any_out && c.k > 0));
-  PERFKERN_RETURN_IF_ERROR(check_stride(c.x_row_stride, c.k, "k", c.m, "x_row_stride"));
-  PERFKERN_RETURN_IF_ERROR(check_stride(c.out_row_stride, c.n, "n", c.m, "out_row_stride"));
-  if (c.bias != nullptr && c.bias_stride < 1 && c.n > 1) {
-    return invalid("bias_stride: expected >= 1, got " + std::to_string(c.bias_stride));
+  // Inputs are only read, so any stride >= 0 will do (0: a broadcast row or bias); output rows must not overlap.
+  for (const auto& [stride, name] : {std::pair<int64_t, const char*>{c.x_row_stride, "x_row_stride"},
+                                     {c.bias_stride, "bias_stride"}, {c.t_stride0, "t_stride0"},
+                                     {c.t_stride1, "t_stride1"}, {c.b_stride0, "b_stride0"},
+                                     {c.b_stride1, "b_stride1"}}) {
+    PERFKERN_RETURN_IF_ERROR(detail::check_non_negative(stride, name));
   }
+  PERFKERN_RETURN_IF_ERROR(check_stride(c.out_row_stride, c.n, "n", c.m, "out_row_stride"));
   if (c.r > 0 && any_out) {
     PERFKERN_RETURN_IF_ERROR(check_ptr(c.lora_t, "lora_t", true));
     PERFKERN_RETURN_IF_ERROR(check_ptr(c.lora_b, "lora_b", true));
@@ -355,8 +359,8 @@ perfkern_status_t perfkern_sparse24_mm_cpu(const perfkern_sparse24_mm_cpu_params
   const bool any = q.m > 0 && q.n > 0 && q.k > 0;
   PERFKERN_RETURN_IF_ERROR(check_ptr(q.values, "values", any));
   PERFKERN_RETURN_IF_ERROR(check_ptr(q.meta, "meta", any));
-  PERFKERN_RETURN_IF_ERROR(check_stride(q.values_row_stride, q.k / 2, "k/2", q.n, "values_row_stride"));
-  PERFKERN_RETURN_IF_ERROR(check_stride(q.meta_row_stride, q.k / 16, "k/16", q.n, "meta_row_stride"));
+  PERFKERN_RETURN_IF_ERROR(perfkern::detail::check_non_negative(q.values_row_stride, "values_row_stride"));
+  PERFKERN_RETURN_IF_ERROR(perfkern::detail::check_non_negative(q.meta_row_stride, "meta_row_stride"));
   return run_mm(c, true, q.values, q.meta, q.values_row_stride, q.meta_row_stride);
 }
 
@@ -370,7 +374,7 @@ perfkern_status_t perfkern_dense_mm_cpu(const perfkern_dense_mm_cpu_params_t* pa
                  q.num_threads, q.isa};
   PERFKERN_RETURN_IF_ERROR(check_common(c));
   PERFKERN_RETURN_IF_ERROR(check_ptr(q.w, "w", q.m > 0 && q.n > 0 && q.k > 0));
-  PERFKERN_RETURN_IF_ERROR(check_stride(q.w_row_stride, q.k, "k", q.n, "w_row_stride"));
+  PERFKERN_RETURN_IF_ERROR(perfkern::detail::check_non_negative(q.w_row_stride, "w_row_stride"));
   return run_mm(c, false, q.w, nullptr, q.w_row_stride, 0);
 }
 

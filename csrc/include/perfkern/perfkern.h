@@ -279,7 +279,8 @@ PERFKERN_API int perfkern_cpu_isa_supported(perfkern_cpu_isa_t isa);
  *   lora_t   [m, r]    strides t_stride0, t_stride1 } both NULL, or both set when r > 0
  *   lora_b   [n, r]    strides b_stride0, b_stride1 }
  *   out      [m, n]    row stride out_row_stride, unit column stride; must not overlap an input
- * dtype: F32, BF16 or F16, shared by every tensor. k % 16 == 0; m, n, r >= 0, any.
+ * dtype: F32, BF16 or F16, shared by every tensor. k % 16 == 0; m, n, r >= 0, any. Input strides are any value
+ * >= 0 (0 broadcasts a row); out's row stride is at least n.
  * num_threads >= 1: the most threads the call runs on (the caller's thread included); small problems use fewer. */
 typedef struct {
   const void* x;
