@@ -2,7 +2,8 @@
 # Builds the torch-free core with CMake (no Python module) and installs it to a temporary prefix, then
 # builds and runs the examples/cpp consumer against that prefix through find_package(perfkern). The core is
 # built twice: the CUDA flavour (archs 80;90a) and the CPU-only flavour (PERFKERN_CUDA=OFF, as on a machine
-# without the CUDA toolkit). Without a GPU the consumer reports "no CUDA device" and exits 0.
+# without the CUDA toolkit). The consumer runs the CPU 2:4 product in both; without a GPU it then reports "no CUDA
+# device" and exits 0.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -47,6 +48,7 @@ build_and_consume() {
   out="$("${work}/example-${flavor}/perfkern_example")"
   echo "${out}"
   grep -q "(${flavor} build" <<<"${out}"
+  grep -q "CPU 2:4 product OK" <<<"${out}"
 }
 
 build_and_consume cuda -DPERFKERN_CUDA=ON "-DPERFKERN_CUDA_ARCHS=${archs}"

@@ -11,11 +11,16 @@ from torch.sparse import _semi_structured_conversions as torch_conv
 
 import perfkern
 from perfkern import sparsity
+from perfkern.ops import sparse24 as ops
 from perfkern.reference import sparse24 as ref
 
 DTYPE = torch.bfloat16 if torch.cuda.is_available() else torch.float16
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-PROVIDERS = [b for b in perfkern.available_backends(DEVICE) if not (DEVICE == "cpu" and b == "triton")]
+PROVIDERS = [
+    b
+    for b in perfkern.available_backends(DEVICE)
+    if ops.COMPRESS.has(b) and ops.DECOMPRESS.has(b) and not (DEVICE == "cpu" and b == "triton")
+]
 
 
 def _pruned(shape):

@@ -16,8 +16,13 @@ from perfkern.ops import sparse24 as ops
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float32
 RANK = 16
+# Backends that run every op the layer uses (the cpu backend has the sparse product only: it is benchmarked in
+# bench_sparse24_cpu.py, and reaches the layer through auto).
+LAYER_OPS = (ops.MM, ops.WEIGHT_GRAD, ops.COMPRESS, ops.DECOMPRESS, ops.GATHER, ops.MASK)
 PROVIDERS = [
-    b for b in perfkern.available_backends(DEVICE) if ops.MM.has(b) and not (DEVICE == "cpu" and b == "triton")
+    b
+    for b in perfkern.available_backends(DEVICE)
+    if all(impls.has(b) for impls in LAYER_OPS) and not (DEVICE == "cpu" and b == "triton")
 ]
 
 

@@ -3,6 +3,7 @@ repetitions), wall-clock medians on the CPU. Ratios are always of two timings ta
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -55,7 +56,18 @@ def synced(fn: Callable[[], object]) -> Callable[[], object]:
     return call
 
 
+def cpu_machine() -> str:
+    """The CPU's model name and core count, e.g. "AMD EPYC, 2 cores"."""
+    model = "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
+
+
 def device_name() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
-    return "cpu"
+    return cpu_machine()

@@ -1,13 +1,14 @@
-"""Per-shape measurement for ``auto`` on a GPU (DESIGN §1: the fastest available backend for the shape, with a
-dense fallback whenever sparse would be slower).
+"""Per-shape measurement for ``auto`` (DESIGN §1: the fastest available backend for the shape, with a dense fallback
+whenever sparse would be slower), on a GPU and on the CPU.
 
 This module measures and keeps the tables; ``perfkern._dispatch`` decides, and calls ``choose`` with the
 candidates that can run (it sits above this module, which knows nothing of ops or backends beyond the callables
-it is handed). An op opts in with a ``Tuning`` on its ``OpImpls``. On a CUDA tensor under ``auto``, the first call
-of a shape runs every candidate (the op's available backends in its preference order, then ``dense``) on scratch
-outputs, times each with CUDA events and remembers the fastest for the process. A shape is the key ``TuneKey``: op,
-device, dtype, M rounded up to a power of two, N, K, the adapter rank rounded likewise, whether there is a bias, and
-whether the weight was unchanged since the previous call.
+it is handed). An op opts in with a ``Tuning`` on its ``OpImpls``. Under ``auto``, the first call of a shape runs
+every candidate (the op's available backends in its preference order, then ``dense``) on scratch outputs, times
+each (CUDA events on a GPU, the wall clock on the CPU) and remembers the fastest for the process. A shape is the key
+``TuneKey``: op, device (on the CPU: its model and torch's thread count), dtype, M rounded up to a power of two, N,
+K, the adapter rank rounded likewise, whether there is a bias, and whether the weight was unchanged since the
+previous call.
 
 Where a choice comes from, in order: this process's earlier choice; the ``PERFKERN_TUNE_CACHE`` file; a
 measurement (unless ``PERFKERN_AUTOTUNE=0``, or a CUDA graph is being captured, or torch.compile is tracing);
@@ -22,9 +23,11 @@ import functools
 import json
 import logging
 import os
+import platform
 import re
 import statistics
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,6 +44,10 @@ TABLE_DIR = Path(__file__).resolve().parent / "dispatch_tables"
 FORMAT = 1
 WARMUP = 3
 REPS = 10
+# On the CPU a candidate's timing stops after this many seconds (at least CPU_MIN_REPS runs): the reference can take
+# a tenth of a second per call at M = 128.
+CPU_BUDGET_S = 0.25
+CPU_MIN_REPS = 3
 
 _log = logging.getLogger("perfkern")
 
@@ -125,7 +132,27 @@ def _cuda_device_name(index: int) -> str:
     return normalize_device_name(torch.cuda.get_device_name(index))
 
 
+@functools.cache
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+@functools.cache
+def _cpu_device_name(threads: int) -> str:
+    return normalize_device_name(f"cpu {_cpu_model()} {threads}t")
+
+
 def device_name(device: torch.device) -> str:
+    if device.type == "cpu":
+        # Timings on the CPU depend on the threads torch (and so the CPU kernels) are given.
+        return _cpu_device_name(torch.get_num_threads())
     return _cuda_device_name(device.index if device.index is not None else torch.cuda.current_device())
 
 
@@ -146,12 +173,30 @@ def tune_key(op: str, tuning: Tuning, device: torch.device, args: Sequence) -> T
 
 def _may_measure(device: torch.device) -> bool:
     # Timing synchronizes the device, which a CUDA graph capture forbids; under tracing there is no call to time.
-    return not torch.compiler.is_compiling() and not torch.cuda.is_current_stream_capturing()
+    if torch.compiler.is_compiling():
+        return False
+    return device.type == "cpu" or not torch.cuda.is_current_stream_capturing()
+
+
+def measure_cpu(fn: Callable, args: Sequence, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Median milliseconds of ``fn(*args)`` by the wall clock, after one warm-up call: at most REPS runs, fewer
+    (CPU_MIN_REPS at least) once CPU_BUDGET_S is spent."""
+    fn(*args)
+    times = []
+    start = clock()
+    while len(times) < REPS and (len(times) < CPU_MIN_REPS or clock() - start < CPU_BUDGET_S):
+        t0 = clock()
+        fn(*args)
+        times.append((clock() - t0) * 1e3)
+    return statistics.median(times)
 
 
 def measure(fn: Callable, args: Sequence, device: torch.device) -> float:
-    """Median milliseconds of ``fn(*args)`` on the current stream of ``device``, by CUDA events, after warmup.
-    Module-level so that tests can replace it with fake timings."""
+    """Median milliseconds of ``fn(*args)``: on a GPU on the current stream of ``device``, by CUDA events, after
+    warmup; on the CPU by the wall clock (``measure_cpu``). Module-level so that tests can replace it with fake
+    timings."""
+    if device.type == "cpu":
+        return measure_cpu(fn, args)
     with torch.cuda.device(device):
         for _ in range(WARMUP):
             fn(*args)
@@ -187,7 +232,7 @@ def _measure_all(
 
 
 def choose(op: str, tuning: Tuning, device: torch.device, args: Sequence, candidates: dict[str, Callable]) -> str:
-    """The backend to run this call of ``op`` on, for a CUDA ``device``, among ``candidates`` (backend name ->
+    """The backend to run this call of ``op`` on, for ``device`` (CUDA or CPU), among ``candidates`` (backend name ->
     implementation, in the op's preference order, ``"dense"`` last where the op has it; the first is the static
     choice); measured on first use per key."""
     enabled = autotune_enabled()

@@ -1,13 +1,14 @@
 """Backend choice for every perfkern op, in one place (DESIGN §1).
 
-``PERFKERN_BACKEND=auto|cuda|triton|reference`` sets the default; ``use_backend(name)`` overrides it for a
+``PERFKERN_BACKEND=auto|cuda|triton|cpu|reference`` sets the default; ``use_backend(name)`` overrides it for a
 block of code. ``auto`` picks, per call, the first available backend in the op's preference order, except for ops
-that opt in to per-shape tuning: on a CUDA tensor, ``perfkern._autotune`` measures their backends and a dense
-cuBLAS fallback per shape and runs the fastest. A backend named explicitly that cannot run the call raises instead
-of falling back. ``last_backend()`` says what ran (``"dense"`` for the fallback).
+that opt in to per-shape tuning: ``perfkern._autotune`` measures their backends and a dense fallback (``torch.mm``
+on the decompressed weight) per shape and runs the fastest. A backend named explicitly that cannot run the call
+raises instead of falling back. ``last_backend()`` says what ran (``"dense"`` for the fallback).
 
-On CPU tensors the reference runs, except under ``TRITON_INTERPRET=1`` where the Triton kernels run in the
-interpreter (that is how the test suite exercises them without a GPU).
+On CPU tensors ``auto`` runs the core's CPU kernels where an op has them (measured per shape against dense and
+the reference for ops that tune), else the reference; under ``TRITON_INTERPRET=1`` the Triton kernels run in the
+interpreter instead (that is how the test suite exercises them without a GPU).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from perfkern import _autotune, _ext
 from perfkern._autotune import Tuning
 from perfkern._errors import BackendUnavailableError
 
-BACKENDS = ("cuda", "triton", "reference")
+BACKENDS = ("cuda", "triton", "cpu", "reference")
+# What auto tries on a CPU tensor outside the Triton interpreter, in this order.
+_CPU_AUTO = ("cpu", "reference")
 _CHOICES = ("auto", *BACKENDS)
 _ENV = "PERFKERN_BACKEND"
 
@@ -52,7 +55,8 @@ def requested_backend() -> str:
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
-    """Run the perfkern ops inside the block on backend ``name`` (``auto``, ``cuda``, ``triton`` or ``reference``)."""
+    """Run the perfkern ops inside the block on backend ``name`` (``auto``, ``cuda``, ``triton``, ``cpu`` or
+    ``reference``)."""
     token = _override.set(_check_name(name, "use_backend(name)"))
     try:
         yield
@@ -90,6 +94,12 @@ def _triton_unavailable_reason(device: torch.device) -> str | None:
     return None
 
 
+def _cpu_unavailable_reason(device: torch.device) -> str | None:
+    if device.type != "cpu":
+        return f"the cpu backend runs on CPU tensors, got a {device.type} tensor"
+    return _ext.cpu_unavailable_reason()
+
+
 def unavailable_reason(backend: str, device: torch.device) -> str | None:
     """Why ``backend`` cannot run on ``device`` now, or None if it can."""
     if backend == "reference":
@@ -98,6 +108,8 @@ def unavailable_reason(backend: str, device: torch.device) -> str | None:
         return _triton_unavailable_reason(device)
     if backend == "cuda":
         return _cuda_unavailable_reason(device)
+    if backend == "cpu":
+        return _cpu_unavailable_reason(device)
     raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
 
 
@@ -123,10 +135,12 @@ class OpImpls:
     reference: Callable | str
     triton: Callable | str | None = None
     cuda: Callable | str | None = None
+    # The core's CPU kernels; ``auto`` prefers them on CPU tensors (outside the Triton interpreter).
+    cpu: Callable | str | None = None
     # The order ``auto`` tries on a GPU; an op keeps a backend out of it until that backend is proven there.
     # With ``tuning``, the backends ``auto`` measures, and the order it falls back on where it cannot measure.
     preference: tuple[str, ...] = BACKENDS
-    # cuBLAS on the dense weight: never asked for by name, ``auto`` runs it where tuning measured it fastest.
+    # torch.mm on the dense weight: never asked for by name, ``auto`` runs it where tuning measured it fastest.
     dense: Callable | str | None = None
     tuning: Tuning | None = None
     _resolved: dict = field(default_factory=dict, compare=False, repr=False)
@@ -157,9 +171,11 @@ def select(impls: OpImpls, device: torch.device, args: tuple = ()) -> str:
             raise BackendUnavailableError(f"perfkern::{impls.name}: backend {requested!r} is unavailable: {reason}")
         return requested
     if device.type == "cpu" and not triton_interpret():
-        return "reference"
-    available = [b for b in impls.preference if impls.has(b) and unavailable_reason(b, device) is None]
-    if impls.tuning is not None and device.type == "cuda":
+        order = _CPU_AUTO
+    else:
+        order = tuple(b for b in impls.preference if b != "cpu")
+    available = [b for b in order if impls.has(b) and unavailable_reason(b, device) is None]
+    if impls.tuning is not None and (device.type == "cuda" or order is _CPU_AUTO):
         names = [*available, "dense"] if impls.has("dense") else available
         return _autotune.choose(impls.name, impls.tuning, device, args, {b: impls.get(b) for b in names})
     return available[0] if available else "reference"

@@ -1,8 +1,8 @@
 """The compiled core (``perfkern._C``), loaded on first use.
 
 ``import perfkern`` never needs it: only an op sent to a native backend does, and then a missing or unusable
-extension gives an error that says what to do. The core is built with the host C++ compiler; its CUDA kernels are
-in it only when nvcc was found at install (``build_flavor() == "cuda"``).
+extension gives an error that says what to do. The core is built with the host C++ compiler; its CPU kernels are in
+every build, its CUDA kernels only when nvcc was found at install (``build_flavor() == "cuda"``).
 """
 
 from __future__ import annotations
@@ -44,6 +44,31 @@ def unavailable_reason() -> str | None:
     if module.device_count() == 0:
         return "perfkern._C sees no CUDA device (is the driver older than the CUDA runtime it was built with?)"
     return None
+
+
+def cpu_unavailable_reason() -> str | None:
+    """Why the cpu backend (the core's CPU kernels) cannot run, or None."""
+    module, _ = _load()
+    if module is None:
+        return (
+            "perfkern._C is not built (a pure-Python install); reinstall with CMake >= 3.24 and a C++ compiler: "
+            "PERFKERN_BUILD_NATIVE=1 pip install --no-build-isolation -e ."
+        )
+    if not hasattr(module, "sparse24_mm_cpu"):
+        return "perfkern._C predates the CPU kernels; reinstall perfkern"
+    return None
+
+
+def require_cpu() -> ModuleType:
+    """``perfkern._C`` with its CPU kernels, or an actionable error."""
+    reason = cpu_unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(f"perfkern's cpu backend is unavailable: {reason}")
+    return _load()[0]
+
+
+# perfkern_cpu_isa_t: what the CPU launchers' ``isa`` field takes.
+CPU_ISAS = {"auto": 0, "scalar": 1, "avx2": 2, "avx512": 3, "avx512_bf16": 4}
 
 
 def require() -> ModuleType:

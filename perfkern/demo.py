@@ -114,6 +114,7 @@ class Result:
     backend: str
     notes: str
     val_points: list[tuple[int, float]] = field(default_factory=list)
+    model: nn.Module | None = None  # the trained model, for the inference measurement
 
 
 def _weight_bytes(model: nn.Module) -> int:
@@ -236,7 +237,60 @@ def run_variant(
         backend=backend or "-",
         notes=notes,
         val_points=val_points,
+        model=model,
     )
+
+
+@dataclass
+class DecodeResult:
+    variant: str
+    tokens_per_s: float  # median over the timed runs
+    spread: tuple[float, float]  # slowest and fastest run
+    backend: str
+
+
+@torch.no_grad()
+def greedy_decode(model: nn.Module, prompt: torch.Tensor, new_tokens: int, context: int) -> torch.Tensor:
+    """Greedy generation: append the most likely next token ``new_tokens`` times (the last ``context`` tokens are
+    the model's window; no cache, so every step runs the whole window: M grows from the prompt to ``context``)."""
+    idx = prompt
+    for _ in range(new_tokens):
+        logits = model(idx[:, -context:])[:, -1]
+        idx = torch.cat([idx, logits.argmax(-1, keepdim=True)], 1)
+    return idx
+
+
+def decode_throughput(result: Result, prompt: torch.Tensor, new_tokens: int, context: int, runs: int = 5,
+                      warmup: int = 2) -> DecodeResult:  # fmt: skip
+    """Tokens/s of greedy generation with a trained model, the median of ``runs`` timed runs after ``warmup``
+    untimed ones (which also let ``auto`` measure each layer shape once: the timed runs only run)."""
+    model = result.model.eval()
+    device = prompt.device
+
+    def once() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        greedy_decode(model, prompt, new_tokens, context)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return new_tokens * prompt.shape[0] / (time.perf_counter() - start)
+
+    for _ in range(warmup):
+        once()
+    rates = sorted(once() for _ in range(runs))
+    backend = perfkern.last_backend("sparse24_mm") if result.variant != "dense" else "torch (dense)"
+    return DecodeResult(result.variant, rates[len(rates) // 2], (rates[0], rates[-1]), backend or "-")
+
+
+def print_decode(decoded: list[DecodeResult], new_tokens: int, runs: int) -> None:
+    dense = next((d for d in decoded if d.variant == "dense"), None)
+    print(f"\ninference: greedy generation of {new_tokens} tokens, median of {runs} runs after warm-up")
+    print(f"{'variant':<10} {'tokens/s':>10} {'vs dense':>9} {'min..max tokens/s':>20}  backend of the sparse product")
+    for d in decoded:
+        rel = f"{d.tokens_per_s / dense.tokens_per_s:.2f}x" if dense else "-"
+        spread = f"{d.spread[0]:,.0f}..{d.spread[1]:,.0f}"
+        print(f"{d.variant:<10} {d.tokens_per_s:>10,.0f} {rel:>9} {spread:>20}  {d.backend}")
 
 
 def plot(results: list[Result], path: str, args: argparse.Namespace) -> None:
@@ -327,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dendrite-at", type=float, default=0.5, help="when the dendrite phase starts (fraction)")
     parser.add_argument("--plot", default=DEFAULT_PLOT, help="where to write the loss curves (PNG)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    parser.add_argument("--decode-tokens", type=int, default=48, help="tokens generated per timed inference run")
+    parser.add_argument("--decode-runs", type=int, default=5, help="timed inference runs (the median is reported)")
     args = parser.parse_args(argv)
     if args.d_model % 16 != 0:
         parser.error(f"--d-model must be a multiple of 16, got {args.d_model}")
@@ -354,11 +410,16 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results))
     print(
         "\nweights: projection weights as stored (compressed values + metadata for 2:4 layers); params counts every"
-        " parameter (2:4 layers store half their weights). On a CPU the sparse layers run the reference backend,"
-        " which decompresses weights on every call: their tokens/s measure correctness plumbing, not kernels."
+        " parameter (2:4 layers store half their weights). backend: what ran the last sparse product (auto measures"
+        " each shape: on a CPU the core's CPU kernels, dense or the reference; the weight gradients run the reference"
+        " or dense there)."
         " Rankings depend on the learning rate and the step count: the default lr is in the dense model's stable"
         " range, and a higher one can make the dense baseline look worse than it is."
     )
+    prompt = data[split : split + 8].view(1, -1).to(device)
+    decoded = [decode_throughput(r, prompt, args.decode_tokens, args.context, runs=args.decode_runs)
+               for r in results]  # fmt: skip
+    print_decode(decoded, args.decode_tokens, args.decode_runs)
     plot(results, args.plot, args)
     print(f"loss curves: {args.plot}")
     return 0

@@ -26,7 +26,8 @@ def test_extension_reports_itself():
     if module is None:
         pytest.skip("perfkern._C is not built (PERFKERN_BUILD_NATIVE=0, or no CMake / C++ compiler)")
     assert module.version() == perfkern.__version__
-    assert module.build_flavor() in ("cuda", "cpu")
+    assert module.build_flavor() in ("cuda", "emulated", "cpu")
+    assert module.cpu_isa() in ("scalar", "avx2", "avx512", "avx512_bf16")
     assert bool(module.cuda_archs()) == (module.build_flavor() == "cuda")
     count = module.device_count()
     if not torch.cuda.is_available():
@@ -44,6 +45,17 @@ def test_main_reports_versions_and_backends():
     ).stdout
     assert f"perfkern {perfkern.__version__}" in out
     assert "backends available" in out
+
+
+def test_info_says_pure_python_without_the_core(monkeypatch, capsys):
+    from perfkern import __main__ as cli
+
+    monkeypatch.setattr(_ext, "_load", lambda: (None, "No module named 'perfkern._C'"))
+    cli.info()
+    out = capsys.readouterr().out
+    assert "perfkern._C: not built: a pure-Python install (the triton and reference backends run)" in out
+    assert "backends available on cpu: reference" in out or "backends available on cpu: triton, reference" in out
+    assert "cpu: perfkern._C is not built (a pure-Python install)" in out
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,10 +15,13 @@ def test_demo_runs_every_variant(tmp_path, capsys):
     plot = tmp_path / "curves.png"
     torch.manual_seed(0)
     code = demo.main(["--steps", "12", "--batch", "4", "--context", "32", "--d-model", "64", "--layers", "1",
-                      "--plot", str(plot)])  # fmt: skip
+                      "--decode-tokens", "3", "--decode-runs", "1", "--plot", str(plot)])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0
     for variant in demo.VARIANTS:
         assert any(line.startswith(variant) for line in out.splitlines()), variant
     assert "dendrites per layer [1]" in out
+    decode = out.split("inference: greedy generation of 3 tokens, median of 1 runs after warm-up")[1]
+    for variant in demo.VARIANTS:
+        assert any(line.startswith(variant) for line in decode.splitlines()), f"{variant} has no tokens/s row"
     assert plot.exists() and plot.stat().st_size > 10_000

@@ -4,12 +4,12 @@ import pytest
 import torch
 
 import perfkern
-from perfkern import _dispatch, sparsity
+from perfkern import _dispatch, _ext, sparsity
 
 
 def test_env_variable_is_validated(monkeypatch):
     monkeypatch.setenv("PERFKERN_BACKEND", "fastest")
-    expected = "PERFKERN_BACKEND must be one of auto, cuda, triton, reference, got 'fastest'"
+    expected = "PERFKERN_BACKEND must be one of auto, cuda, triton, cpu, reference, got 'fastest'"
     with pytest.raises(ValueError, match=expected):
         _dispatch.requested_backend()
     monkeypatch.setenv("PERFKERN_BACKEND", "Reference")
@@ -41,13 +41,22 @@ def test_explicit_cuda_on_cpu_tensor_raises():
         sparsity.mask_2to4(torch.randn(4, 16))
 
 
+def test_cpu_backend_reason_off_the_cpu():
+    reason = _dispatch.unavailable_reason("cpu", torch.device("cuda"))
+    assert reason == "the cpu backend runs on CPU tensors, got a cuda tensor"
+
+
 def test_cpu_auto_without_interpreter_runs_reference(monkeypatch):
+    # compress has no cpu implementation: auto runs the reference; naming cpu raises.
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     monkeypatch.delenv("PERFKERN_BACKEND", raising=False)
     sparsity.compress_2to4(torch.randn(4, 16), strict=False)
     assert perfkern.last_backend("compress_2to4") == "reference"
-    assert perfkern.available_backends("cpu") == ["reference"]
+    expected = ["cpu", "reference"] if _ext.cpu_unavailable_reason() is None else ["reference"]
+    assert perfkern.available_backends("cpu") == expected
     with perfkern.use_backend("triton"), pytest.raises(perfkern.BackendUnavailableError, match="TRITON_INTERPRET=1"):
+        sparsity.compress_2to4(torch.randn(4, 16), strict=False)
+    with perfkern.use_backend("cpu"), pytest.raises(perfkern.BackendUnavailableError, match="has no cpu"):
         sparsity.compress_2to4(torch.randn(4, 16), strict=False)
 
 
@@ -56,7 +65,8 @@ def test_cpu_auto_under_interpreter_runs_triton(monkeypatch):
     monkeypatch.delenv("PERFKERN_BACKEND", raising=False)
     sparsity.compress_2to4(torch.randn(4, 16), strict=False)
     assert perfkern.last_backend("compress_2to4") == "triton"
-    assert perfkern.available_backends("cpu") == ["triton", "reference"]
+    expected = ["triton", "cpu", "reference"] if _ext.cpu_unavailable_reason() is None else ["triton", "reference"]
+    assert perfkern.available_backends("cpu") == expected
 
 
 @pytest.mark.gpu

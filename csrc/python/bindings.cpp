@@ -104,6 +104,25 @@ void def_launcher(py::module_& m, const char* name, perfkern_status_t (*launcher
       py::arg("stream"), (std::string(doc) + " Fields: " + fields.names() + ".").c_str());
 }
 
+// name(**fields) for a CPU launcher (no stream): it runs on the calling thread and the core's pool.
+template <typename P>
+void def_launcher(py::module_& m, const char* name, perfkern_status_t (*launcher)(const P*), const Fields<P>& fields,
+                  const char* doc) {
+  const std::string fn = std::string("perfkern_") + name;
+  m.def(
+      name,
+      [fn, launcher, fields](const py::kwargs& kwargs) {
+        const P p = fields.build(fn, kwargs);
+        perfkern_status_t status;
+        {
+          py::gil_scoped_release release;
+          status = launcher(&p);
+        }
+        raise_on_error(fn, status);
+      },
+      (std::string(doc) + " Fields: " + fields.names() + ".").c_str());
+}
+
 int device_count() {
   int count = 0;
   if (perfkern_device_count(&count) != PERFKERN_SUCCESS) {
@@ -189,6 +208,33 @@ void def_sparse24(py::module_& m) {
                  "out = x . Ws^T + bias + scale * lora_t . lora_b^T on sparse tensor cores (bias, lora_t, lora_b "
                  "may be 0); kernel: 0 auto, 1 mma.sp, 2 wgmma.sp.");
   }
+  {
+    using P = perfkern_sparse24_mm_cpu_params_t;
+    def_launcher(m, "sparse24_mm_cpu", perfkern_sparse24_mm_cpu,
+                 Fields<P>() PERFKERN_FIELD(x) PERFKERN_FIELD(values) PERFKERN_FIELD(meta) PERFKERN_FIELD(bias)
+                             PERFKERN_FIELD(lora_t) PERFKERN_FIELD(lora_b) PERFKERN_FIELD(out) PERFKERN_FIELD(m)
+                             PERFKERN_FIELD(n) PERFKERN_FIELD(k) PERFKERN_FIELD(r) PERFKERN_FIELD(scale)
+                             PERFKERN_FIELD(x_row_stride) PERFKERN_FIELD(values_row_stride)
+                             PERFKERN_FIELD(meta_row_stride) PERFKERN_FIELD(bias_stride) PERFKERN_FIELD(t_stride0)
+                             PERFKERN_FIELD(t_stride1) PERFKERN_FIELD(b_stride0) PERFKERN_FIELD(b_stride1)
+                             PERFKERN_FIELD(out_row_stride) PERFKERN_FIELD(dtype) PERFKERN_FIELD(num_threads)
+                             PERFKERN_FIELD(isa),
+                 "out = x . Ws^T + bias + scale * lora_t . lora_b^T on the CPU (canonical 2:4 weight; bias, lora_t, "
+                 "lora_b may be 0); isa: 0 auto, 1 scalar, 2 avx2, 3 avx512, 4 avx512_bf16.");
+  }
+  {
+    using P = perfkern_dense_mm_cpu_params_t;
+    def_launcher(m, "dense_mm_cpu", perfkern_dense_mm_cpu,
+                 Fields<P>() PERFKERN_FIELD(x) PERFKERN_FIELD(w) PERFKERN_FIELD(bias) PERFKERN_FIELD(lora_t)
+                             PERFKERN_FIELD(lora_b) PERFKERN_FIELD(out) PERFKERN_FIELD(m) PERFKERN_FIELD(n)
+                             PERFKERN_FIELD(k) PERFKERN_FIELD(r) PERFKERN_FIELD(scale) PERFKERN_FIELD(x_row_stride)
+                             PERFKERN_FIELD(w_row_stride) PERFKERN_FIELD(bias_stride) PERFKERN_FIELD(t_stride0)
+                             PERFKERN_FIELD(t_stride1) PERFKERN_FIELD(b_stride0) PERFKERN_FIELD(b_stride1)
+                             PERFKERN_FIELD(out_row_stride) PERFKERN_FIELD(dtype) PERFKERN_FIELD(num_threads)
+                             PERFKERN_FIELD(isa),
+                 "The same product with a dense weight w [n, k], from the same kernels (the baseline of the sparse "
+                 "one).");
+  }
   m.def("sparse24_mma_meta_size", &sparse24_mma_meta_size, py::arg("rows"), py::arg("meta_cols"),
         "int16 elements of the mma-layout metadata: ceil(rows / 32) * 32 * meta_cols.");
 }
@@ -208,5 +254,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("device_count", &device_count, "Number of usable CUDA devices (0 when none; never raises).");
   m.def("device_info", &device_info, py::arg("device"),
         "dict(name, major, minor, multiprocessor_count, total_global_mem) of a device.");
+  m.def("cpu_isa", []() { return std::string(perfkern_cpu_isa_name(perfkern_cpu_isa())); },
+        "The best instruction set of this CPU the CPU kernels run: 'avx512_bf16', 'avx512', 'avx2' or 'scalar'.");
+  m.def(
+      "cpu_isa_supported",
+      [](int isa) { return perfkern_cpu_isa_supported(static_cast<perfkern_cpu_isa_t>(isa)) != 0; }, py::arg("isa"),
+      "Whether the CPU kernels can run isa (0 auto, 1 scalar, 2 avx2, 3 avx512, 4 avx512_bf16) here.");
   def_sparse24(m);
 }

@@ -85,7 +85,12 @@ def _cuda_gather(dense, meta, values):
 
 def _cuda_meta_reorder(src, dst, to_cutlass):
     _launch(
-        "sparse24_meta_reorder", src.device, src=src, dst=dst, rows=src.shape[0], meta_cols=src.shape[1],
+        "sparse24_meta_reorder",
+        src.device,
+        src=src,
+        dst=dst,
+        rows=src.shape[0],
+        meta_cols=src.shape[1],
         to_cutlass=int(bool(to_cutlass)),
     )
 
@@ -290,9 +295,35 @@ def _cuda_mm(x, values, meta, bias, lora_t, lora_b, scale, out, kernel=0):
     )  # fmt: skip
 
 
-# Dense backend: cuBLAS on the decompressed weight, in the inputs' dtype as nn.Linear computes. auto runs it on a
-# GPU for the shapes where it measured faster than every sparse kernel (perfkern._autotune), so a sparse layer is
-# never knowingly slower than nn.Linear with LoRA.
+# CPU backend: the core's CPU kernels (perfkern_sparse24_mm_cpu), on torch's thread count: the core's pool runs the
+# call while torch's own pool is idle, so the threads never outnumber what torch was given.
+
+
+def _cpu_mm(x, values, meta, bias, lora_t, lora_b, scale, out, isa="auto"):
+    dtypes = {t.dtype for t in (x, values, bias, lora_t, lora_b) if t is not None}
+    if len(dtypes) != 1 or x.dtype not in _ext.DTYPE_CODES:
+        got = sorted(map(str, dtypes))
+        raise _dispatch.BackendUnavailableError(
+            f"the cpu sparse24_mm takes one float32/float16/bfloat16 dtype for all operands, got {got}"
+        )
+    values, meta = rows_contiguous(values), rows_contiguous(meta)
+    m, k = x.shape
+    has_lora = lora_t is not None
+    _ext.require_cpu().sparse24_mm_cpu(
+        x=x.data_ptr(), values=values.data_ptr(), meta=meta.data_ptr(), bias=_ptr(bias), lora_t=_ptr(lora_t),
+        lora_b=_ptr(lora_b), out=out.data_ptr(), m=m, n=values.shape[0], k=k, r=lora_t.shape[1] if has_lora else 0,
+        scale=float(scale), x_row_stride=x.stride(0), values_row_stride=values.stride(0),
+        meta_row_stride=meta.stride(0), bias_stride=bias.stride(0) if bias is not None else 0,
+        t_stride0=lora_t.stride(0) if has_lora else 0, t_stride1=lora_t.stride(1) if has_lora else 0,
+        b_stride0=lora_b.stride(0) if has_lora else 0, b_stride1=lora_b.stride(1) if has_lora else 0,
+        out_row_stride=out.stride(0), dtype=_ext.DTYPE_CODES[x.dtype], num_threads=torch.get_num_threads(),
+        isa=_ext.CPU_ISAS[isa],
+    )  # fmt: skip
+
+
+# Dense backend: torch.mm (cuBLAS on a GPU) on the decompressed weight, in the inputs' dtype as nn.Linear computes.
+# auto runs it for the shapes where it measured faster than every sparse kernel (perfkern._autotune), so a sparse
+# layer is never knowingly slower than nn.Linear with LoRA.
 
 
 def _weight_key(values: torch.Tensor, meta: torch.Tensor) -> tuple | None:
@@ -370,7 +401,7 @@ def _weight_grad_shape(dy, x, meta, out_values):
 # auto (measured or not) leaves the sparse-tensor-core kernels out until they have passed the GPU test suite:
 # timing alone would pick a fast kernel whether or not it is right. PERFKERN_BACKEND=cuda runs them.
 MM = _dispatch.OpImpls(
-    "sparse24_mm", _ref_mm, f"{_TRITON}:mm", _cuda_mm, preference=("triton", "reference"), dense=_dense_mm,
+    "sparse24_mm", _ref_mm, f"{_TRITON}:mm", _cuda_mm, _cpu_mm, preference=("triton", "reference"), dense=_dense_mm,
     tuning=_autotune.Tuning(_mm_shape, outputs=(7,), release=_drop_dense_weight),
 )  # fmt: skip
 WEIGHT_GRAD = _dispatch.OpImpls(

@@ -241,6 +241,106 @@ typedef struct {
 
 PERFKERN_API perfkern_status_t perfkern_sparse24_mm(const perfkern_sparse24_mm_params_t* params, cudaStream_t stream);
 
+/* ---- CPU kernels (every build; no stream, no device) ------------------------------------------------------
+ *
+ * CPU launchers run on the calling thread and on a persistent pool of worker threads that the library starts on
+ * first use and keeps: a call runs on at most num_threads threads (the caller included) and returns when they
+ * are done; nothing allocates once a shape has been seen (the pool keeps one scratch buffer, grown when a call
+ * needs more). Calls from several threads at once are serialised. The instruction set is chosen at run time
+ * (AVX-512 with avx512_bf16 dot products, AVX-512, AVX2 + FMA, or portable C++); `isa` forces one, for tests. */
+
+/* Which kernels a CPU launcher runs. AUTO: the best the CPU has. A forced ISA the CPU lacks (or a build that
+ * did not compile it, e.g. on a non-x86 machine) gives PERFKERN_ERROR_NOT_SUPPORTED. AVX512_BF16 differs from
+ * AVX512 only for bf16 operands (vdpbf16ps); other dtypes run the AVX512 kernels. */
+typedef enum {
+  PERFKERN_CPU_ISA_AUTO = 0,
+  PERFKERN_CPU_ISA_SCALAR = 1,
+  PERFKERN_CPU_ISA_AVX2 = 2,
+  PERFKERN_CPU_ISA_AVX512 = 3,
+  PERFKERN_CPU_ISA_AVX512_BF16 = 4
+} perfkern_cpu_isa_t;
+
+/* The best ISA of this CPU that the library was built with (never AUTO). */
+PERFKERN_API perfkern_cpu_isa_t perfkern_cpu_isa(void);
+/* "scalar", "avx2", "avx512", "avx512_bf16" ("auto" for AUTO, "unknown" otherwise). */
+PERFKERN_API const char* perfkern_cpu_isa_name(perfkern_cpu_isa_t isa);
+/* Whether this CPU and build can run `isa` (AUTO and SCALAR: always). */
+PERFKERN_API int perfkern_cpu_isa_supported(perfkern_cpu_isa_t isa);
+
+/* 2:4 sparse product on the CPU, with bias and a fused low-rank term:
+ *   out[m, n] = sum_k x[m, k] Ws[n, k] + bias[n] + scale * sum_j lora_t[m, j] lora_b[n, j]
+ * accumulated in fp32 (the low-rank term joins the same accumulator; no M x N intermediate).
+ *   x        [m, k]    row stride x_row_stride, unit column stride
+ *   values   [n, k/2]  Ws's kept values (canonical 2:4 format), row stride values_row_stride
+ *   meta     [n, k/16] Ws's canonical int16 metadata, row stride meta_row_stride; every nibble must name two
+ *                      indices first < second (as compress writes them); other nibbles give an unspecified
+ *                      (but memory-safe) result
+ *   bias     [n]       stride bias_stride, or NULL
+ *   lora_t   [m, r]    strides t_stride0, t_stride1 } both NULL, or both set when r > 0
+ *   lora_b   [n, r]    strides b_stride0, b_stride1 }
+ *   out      [m, n]    row stride out_row_stride, unit column stride; must not overlap an input
+ * dtype: F32, BF16 or F16, shared by every tensor. k % 16 == 0; m, n, r >= 0, any. Input strides are any value
+ * >= 0 (0 broadcasts a row); out's row stride is at least n.
+ * num_threads >= 1: the most threads the call runs on (the caller's thread included); small problems use fewer. */
+typedef struct {
+  const void* x;
+  const void* values;
+  const int16_t* meta;
+  const void* bias;
+  const void* lora_t;
+  const void* lora_b;
+  void* out;
+  int64_t m;
+  int64_t n;
+  int64_t k;
+  int64_t r;
+  float scale;
+  int64_t x_row_stride;
+  int64_t values_row_stride;
+  int64_t meta_row_stride;
+  int64_t bias_stride;
+  int64_t t_stride0;
+  int64_t t_stride1;
+  int64_t b_stride0;
+  int64_t b_stride1;
+  int64_t out_row_stride;
+  perfkern_dtype_t dtype;
+  int num_threads;
+  perfkern_cpu_isa_t isa; /* AUTO (0) unless a test or benchmark pins one */
+} perfkern_sparse24_mm_cpu_params_t;
+
+PERFKERN_API perfkern_status_t perfkern_sparse24_mm_cpu(const perfkern_sparse24_mm_cpu_params_t* params);
+
+/* The dense product of the same kernels, same SIMD and same threading: out = x . w^T + bias + scale * lora_t .
+ * lora_b^T with w [n, k] dense (row stride w_row_stride). What sparsity buys is the ratio of the two launchers'
+ * times; k % 16 == 0 as for the sparse product. */
+typedef struct {
+  const void* x;
+  const void* w;
+  const void* bias;
+  const void* lora_t;
+  const void* lora_b;
+  void* out;
+  int64_t m;
+  int64_t n;
+  int64_t k;
+  int64_t r;
+  float scale;
+  int64_t x_row_stride;
+  int64_t w_row_stride;
+  int64_t bias_stride;
+  int64_t t_stride0;
+  int64_t t_stride1;
+  int64_t b_stride0;
+  int64_t b_stride1;
+  int64_t out_row_stride;
+  perfkern_dtype_t dtype;
+  int num_threads;
+  perfkern_cpu_isa_t isa;
+} perfkern_dense_mm_cpu_params_t;
+
+PERFKERN_API perfkern_status_t perfkern_dense_mm_cpu(const perfkern_dense_mm_cpu_params_t* params);
+
 #ifdef __cplusplus
 }
 #endif

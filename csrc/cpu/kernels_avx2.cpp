@@ -1,0 +1,219 @@
+// AVX2 + FMA (+ F16C) kernels. Compiled with -mavx2 -mfma -mf16c; run only where cpuid says so.
+//
+// The rows kernel for a 2:4 weight takes 32 columns (two metadata words c, c+1: 16 kept values) per step. Each
+// kept value must meet the x column its 2-bit index names. The values load as two vectors, lo = groups 0-1 and
+// hi = groups 2-3 of both words ([word c | word c+1] in the two 128-bit lanes: the order in which bf16 values widen
+// to fp32 with one unpack). x is stored paired (cpu.h, kRowsPaired) so that the 4 candidates of every value lie in
+// the same 128-bit lane: an in-lane vpermilps per group parity, indexed by the metadata word shifted per lane
+// (vpermilps reads only bits 1:0 of each index), and a blend gather x into the values' order.
+#include <cstdint>
+#include <cstring>
+
+#include "cpu/cols.h"
+#include "cpu/cpu.h"
+#include "cpu/simd.h"
+
+namespace perfkern {
+namespace cpu {
+namespace {
+
+struct V8 {
+  static constexpr int kWidth = 8;
+  using Reg = __m256;
+  static Reg zero() { return _mm256_setzero_ps(); }
+  static Reg load(const float* p) { return _mm256_loadu_ps(p); }
+  static Reg broadcast(const float* p) { return _mm256_broadcast_ss(p); }
+  static Reg fma(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
+  static Reg add(Reg a, Reg b) { return _mm256_add_ps(a, b); }
+  static void store(float* p, Reg v) { _mm256_storeu_ps(p, v); }
+  // count is a multiple of 8.
+  static void convert_row(const void* src, int64_t offset, int64_t count, perfkern_dtype_t dtype, float* dst) {
+    const auto* h = static_cast<const uint16_t*>(src) + offset;
+    for (int64_t i = 0; i < count; i += 8) {
+      const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(h + i));
+      const __m256 f = dtype == PERFKERN_DTYPE_BF16
+                           ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16))
+                           : _mm256_cvtph_ps(raw);
+      _mm256_storeu_ps(dst + i, f);
+    }
+  }
+};
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// The 16 kept values of step s as lo = [v0..3 | v8..11] and hi = [v4..7 | v12..15] (v = row + 16 s), in fp32.
+template <perfkern_dtype_t D>
+inline void load_step(const void* row, int64_t s, __m256& lo, __m256& hi) {
+  if constexpr (D == PERFKERN_DTYPE_F32) {
+    const float* f = static_cast<const float*>(row) + 16 * s;
+    lo = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(f)), _mm_loadu_ps(f + 8), 1);
+    hi = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(f + 4)), _mm_loadu_ps(f + 12), 1);
+  } else if constexpr (D == PERFKERN_DTYPE_BF16) {
+    const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(row) + 16 * s));
+    lo = _mm256_castsi256_ps(_mm256_unpacklo_epi16(_mm256_setzero_si256(), raw));
+    hi = _mm256_castsi256_ps(_mm256_unpackhi_epi16(_mm256_setzero_si256(), raw));
+  } else {
+    const auto* h = static_cast<const uint16_t*>(row) + 16 * s;
+    const auto half2 = [](const uint16_t* a, const uint16_t* b) {
+      return _mm_unpacklo_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(a)),
+                                _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b)));
+    };
+    lo = _mm256_cvtph_ps(half2(h, h + 8));
+    hi = _mm256_cvtph_ps(half2(h + 4, h + 12));
+  }
+}
+
+// R weight rows x MT rows of x of a 2:4 weight; acc[r * MT + j] gets the dot product of weight row n + r and x row
+// m0 + j. One accumulator per pair: a step is long enough (about 14 instructions per row) to hide the FMA latency,
+// and the registers it saves keep the accumulators out of memory.
+template <perfkern_dtype_t D, int R, int MT>
+void sparse_rows_tile(const Problem& p, int64_t n, int64_t m0, float* acc) {
+  const __m256i shift = _mm256_setr_epi32(0, 2, 4, 6, 16, 18, 20, 22);
+  const int64_t esize = D == PERFKERN_DTYPE_F32 ? 4 : 2;
+  const char* vrow[R];
+  const int16_t* mrow[R];
+  for (int r = 0; r < R; ++r) {
+    vrow[r] = static_cast<const char*>(p.values) + (n + r) * p.values_stride * esize;
+    mrow[r] = p.meta + (n + r) * p.meta_stride;
+  }
+  __m256 a[R][MT];
+  for (int r = 0; r < R; ++r) {
+    for (int j = 0; j < MT; ++j) a[r][j] = _mm256_setzero_ps();
+  }
+  const int64_t steps = p.k / 32;
+  for (int64_t s = 0; s < steps; ++s) {
+    for (int r = 0; r < R; ++r) {
+      int32_t words;
+      std::memcpy(&words, mrow[r] + 2 * s, 4);
+      // Lane indices for groups 0-1 (lo) and, 8 bits further, groups 2-3 (hi) of both words.
+      const __m256i idx_lo = _mm256_srlv_epi32(_mm256_set1_epi32(words), shift);
+      const __m256i idx_hi = _mm256_srli_epi32(idx_lo, 8);
+      __m256 vlo, vhi;
+      load_step<D>(vrow[r], s, vlo, vhi);
+      for (int j = 0; j < MT; ++j) {
+        const float* x = p.x + (m0 + j) * p.x_stride + 32 * s;
+        const __m256 glo = _mm256_blend_ps(_mm256_permutevar_ps(_mm256_load_ps(x), idx_lo),
+                                           _mm256_permutevar_ps(_mm256_load_ps(x + 8), idx_lo), 0xcc);
+        const __m256 ghi = _mm256_blend_ps(_mm256_permutevar_ps(_mm256_load_ps(x + 16), idx_hi),
+                                           _mm256_permutevar_ps(_mm256_load_ps(x + 24), idx_hi), 0xcc);
+        a[r][j] = _mm256_fmadd_ps(vhi, ghi, _mm256_fmadd_ps(vlo, glo, a[r][j]));
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int j = 0; j < MT; ++j) {
+      float sum = hsum(a[r][j]);
+      if (p.k % 32 != 0) {  // the last 16 columns, a single word: plain x there
+        const int64_t c = p.k / 16 - 1;
+        const uint32_t w = static_cast<uint16_t>(mrow[r][c]);
+        const float* x = p.x + (m0 + j) * p.x_stride + 16 * c;
+        for (int q = 0; q < 4; ++q) {
+          const uint32_t nib = (w >> (4 * q)) & 15u;
+          const int64_t v = 8 * c + 2 * q;
+          sum += load_f32(vrow[r], v, D) * x[4 * q + (nib & 3u)] + load_f32(vrow[r], v + 1, D) * x[4 * q + (nib >> 2)];
+        }
+      }
+      acc[r * MT + j] = sum;
+    }
+  }
+}
+
+// The same for a dense weight (x plain): 16 columns per step.
+template <perfkern_dtype_t D, int R, int MT>
+void dense_rows_tile(const Problem& p, int64_t n, int64_t m0, float* acc) {
+  const int64_t esize = D == PERFKERN_DTYPE_F32 ? 4 : 2;
+  const char* wrow[R];
+  for (int r = 0; r < R; ++r) wrow[r] = static_cast<const char*>(p.values) + (n + r) * p.values_stride * esize;
+  __m256 a[R][MT][2];
+  for (int r = 0; r < R; ++r) {
+    for (int j = 0; j < MT; ++j) a[r][j][0] = a[r][j][1] = _mm256_setzero_ps();
+  }
+  for (int64_t k = 0; k < p.k; k += 16) {
+    for (int r = 0; r < R; ++r) {
+      __m256 w0, w1;
+      if constexpr (D == PERFKERN_DTYPE_F32) {
+        w0 = _mm256_loadu_ps(reinterpret_cast<const float*>(wrow[r]) + k);
+        w1 = _mm256_loadu_ps(reinterpret_cast<const float*>(wrow[r]) + k + 8);
+      } else if constexpr (D == PERFKERN_DTYPE_BF16) {
+        const auto* h = reinterpret_cast<const uint16_t*>(wrow[r]) + k;
+        w0 = _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h))), 16));
+        w1 = _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + 8))), 16));
+      } else {
+        w0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(
+            reinterpret_cast<const uint16_t*>(wrow[r]) + k)));
+        w1 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(
+            reinterpret_cast<const uint16_t*>(wrow[r]) + k + 8)));
+      }
+      for (int j = 0; j < MT; ++j) {
+        const float* x = p.x + (m0 + j) * p.x_stride + k;
+        a[r][j][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x), a[r][j][0]);
+        a[r][j][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + 8), a[r][j][1]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int j = 0; j < MT; ++j) acc[r * MT + j] = hsum(_mm256_add_ps(a[r][j][0], a[r][j][1]));
+  }
+}
+
+template <perfkern_dtype_t D, int R, int MT>
+void rows_tile(const Problem& p, int64_t n, int64_t m0, float* acc) {
+  if (p.sparse) {
+    sparse_rows_tile<D, R, MT>(p, n, m0, acc);
+  } else {
+    dense_rows_tile<D, R, MT>(p, n, m0, acc);
+  }
+  for (int r = 0; r < R; ++r) finish_column(p, n + r, m0, MT, acc + r * MT, 1);
+}
+
+template <perfkern_dtype_t D>
+void rows_typed(const Problem& p, int64_t n0, int64_t n1, float* acc) {
+  int64_t n = n0;
+  if (p.m == 1) {
+    for (; n + 4 <= n1; n += 4) rows_tile<D, 4, 1>(p, n, 0, acc);
+    for (; n < n1; ++n) rows_tile<D, 1, 1>(p, n, 0, acc);
+    return;
+  }
+  if (p.m == 2) {
+    for (; n + 2 <= n1; n += 2) rows_tile<D, 2, 2>(p, n, 0, acc);
+    for (; n < n1; ++n) rows_tile<D, 1, 2>(p, n, 0, acc);
+    return;
+  }
+  // One weight row at a time (it stays in cache), x rows in runs of 4.
+  for (; n < n1; ++n) {
+    int64_t m = 0;
+    for (; m + 4 <= p.m; m += 4) rows_tile<D, 1, 4>(p, n, m, acc);
+    for (; m + 2 <= p.m; m += 2) rows_tile<D, 1, 2>(p, n, m, acc);
+    for (; m < p.m; ++m) rows_tile<D, 1, 1>(p, n, m, acc);
+  }
+}
+
+void rows(const Problem& p, int64_t n0, int64_t n1, Scratch scratch) {
+  switch (p.dtype) {
+    case PERFKERN_DTYPE_F32:
+      return rows_typed<PERFKERN_DTYPE_F32>(p, n0, n1, scratch.data);
+    case PERFKERN_DTYPE_BF16:
+      return rows_typed<PERFKERN_DTYPE_BF16>(p, n0, n1, scratch.data);
+    default:
+      return rows_typed<PERFKERN_DTYPE_F16>(p, n0, n1, scratch.data);
+  }
+}
+
+XLayout rows_layout(const Problem& p) { return p.sparse ? XLayout::kRowsPaired : XLayout::kRowsPlain; }
+
+}  // namespace
+
+const Kernels& avx2_kernels() {
+  static const Kernels k{rows_layout, V8::kWidth, rows, cols_impl::cols<V8>};
+  return k;
+}
+
+}  // namespace cpu
+}  // namespace perfkern
