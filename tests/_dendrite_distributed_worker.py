@@ -28,7 +28,7 @@ EPOCHS = 9
 # dendrite phase after two epochs.
 CYCLE = {"patience": 1, "min_improvement": 0.9, "max_dendrite_epochs": 2}
 SCENARIOS = {
-    "sparse-correlation": ("sparse", {"mode": "pearson"}, {}),
+    "sparse-correlation": ("sparse", {"mode": "pearson"}, {"installed": "frozen"}),
     "peft-cc-trainable-cascade": (
         "peft",
         {"mode": "cc", "cascade": True},

@@ -12,6 +12,15 @@ import perfkern
 from perfkern.dendrites import DendriteLayer, DendriteTrainer, add_dendrites
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one intra-op thread is fastest, and far faster than two on a busy machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _regression(seed=0):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 4))
@@ -21,6 +30,10 @@ def _regression(seed=0):
 
 def _adam(params):
     return torch.optim.Adam(params, lr=1e-2)
+
+
+# For tests that switch phases themselves: no plateau ends a phase within their few epochs.
+MANUAL = {"patience": 10, "max_dendrite_epochs": 10, "log": None}
 
 
 def _epoch(model, trainer, x, y, batch=64):
@@ -190,7 +203,7 @@ def test_installation_drops_the_losing_candidates():
     """After installation the candidates are gone from the parameters, the state dict and every optimizer."""
     model, x, y = _regression()
     layers = add_dendrites(model, candidates=4, rank=2)
-    trainer = DendriteTrainer(model, layers, _adam, log=None)
+    trainer = DendriteTrainer(model, layers, _adam, **MANUAL)
     base_params = sum(p.numel() for p in model.parameters())
     trainer.start_dendrite_phase()
     _epoch(model, trainer, x, y)
@@ -213,7 +226,7 @@ def test_state_dict_grows_a_fresh_model():
     """``add_dendrites`` on a fresh model, then ``load_state_dict``: the layers grow to the saved dendrites."""
     model, x, y = _regression()
     layers = add_dendrites(model, candidates=4, rank=2)
-    trainer = DendriteTrainer(model, layers, _adam, log=None)
+    trainer = DendriteTrainer(model, layers, _adam, **MANUAL)
     for _ in range(2):
         trainer.start_dendrite_phase()
         _epoch(model, trainer, x, y)
@@ -306,7 +319,7 @@ def test_load_state_dict_refuses_other_options():
     model, _, _ = _regression()
     layers = add_dendrites(model, candidates=2, rank=2)
     state = DendriteTrainer(model, layers, _adam, log=None).state_dict()
-    other = DendriteTrainer(model, layers, _adam, log=None, installed="trainable")
+    other = DendriteTrainer(model, layers, _adam, log=None, installed="frozen")
     with pytest.raises(ValueError, match="the saved trainer had options"):
         other.load_state_dict(state)
 
@@ -318,7 +331,7 @@ def test_load_state_dict_refuses_other_options():
 def test_installed_dendrites_frozen_or_trainable(installed):
     model, x, y = _regression()
     layers = add_dendrites(model, candidates=2, rank=2)
-    trainer = DendriteTrainer(model, layers, _adam, installed=installed, log=None)
+    trainer = DendriteTrainer(model, layers, _adam, installed=installed, **MANUAL)
     trainer.start_dendrite_phase()
     _epoch(model, trainer, x, y)
     trainer.install_and_resume()
@@ -365,7 +378,7 @@ def test_rollback_returns_to_the_best_epoch():
 def test_optimizer_kept_or_rebuilt_at_a_switch(switch_optimizer):
     model, x, y = _regression()
     layers = add_dendrites(model, candidates=2, rank=2)
-    trainer = DendriteTrainer(model, layers, _adam, switch_optimizer=switch_optimizer, log=None)
+    trainer = DendriteTrainer(model, layers, _adam, switch_optimizer=switch_optimizer, **MANUAL)
     _epoch(model, trainer, x, y)
     first = trainer.neuron_optimizer
     moment = first.state[model[0].base.weight]["exp_avg"].clone()

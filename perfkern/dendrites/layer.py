@@ -93,7 +93,7 @@ class DendriteLayer(nn.Module):
         self,
         base: nn.Module,
         candidates: int = 4,
-        rank: int | None = 4,
+        rank: int | None = 2,
         mode: str = "pearson",
         init_scale: float = 0.1,
         cascade: bool = False,
