@@ -194,19 +194,28 @@ def variants() -> list[tuple[str, dict]]:
 
 
 # The settings tried on the tuning tasks (``--sweep``), after a first sweep at batch 128 had shown that trainable
-# dendrites and short dendrite phases help; the last row won and became the library's defaults.
-SHORT = {"installed": "trainable", "max_dendrite_epochs": 2, "patience": 1}
+# dendrites and short dendrite phases help (C: candidates, R: rank, p: patience, d: longest dendrite phase in
+# epochs); the last row won and became the library's defaults.
 SWEEP = [
-    ("C4 R4 frozen (0.1 defaults)", {"candidates": 4, "rank": 4, "installed": "frozen"}),
-    ("C4 R2 trainable", {"candidates": 4, "rank": 2, "installed": "trainable"}),
-    ("C4 R2 trainable d2", {"candidates": 4, "rank": 2, "installed": "trainable", "max_dendrite_epochs": 2}),
-    ("C4 R2 trainable d2 p1", {**SHORT, "candidates": 4, "rank": 2}),
-    ("C8 R2 trainable d2 p1", {**SHORT, "candidates": 8, "rank": 2}),
-    ("C4 R1 trainable d2 p1", {**SHORT, "candidates": 4, "rank": 1}),
-    ("C4 R4 trainable d2 p1", {**SHORT, "candidates": 4, "rank": 4}),
-    ("C4 R2 trainable d2 p1 cc", {**SHORT, "candidates": 4, "rank": 2, "mode": "cc"}),
-    ("C4 R2 trainable d1 p1", {**SHORT, "candidates": 4, "rank": 2, "max_dendrite_epochs": 1}),
-]
+    ("C4 R4 frozen p2 d5 (0.1 defaults)", {"candidates": 4, "rank": 4, "installed": "frozen", "patience": 2,
+                                           "max_dendrite_epochs": 5}),
+    ("C4 R2 trainable p2 d5", {"candidates": 4, "rank": 2, "installed": "trainable", "patience": 2,
+                               "max_dendrite_epochs": 5}),
+    ("C4 R2 trainable p2 d2", {"candidates": 4, "rank": 2, "installed": "trainable", "patience": 2,
+                               "max_dendrite_epochs": 2}),
+    ("C4 R2 trainable p1 d2", {"candidates": 4, "rank": 2, "installed": "trainable", "patience": 1,
+                               "max_dendrite_epochs": 2}),
+    ("C8 R2 trainable p1 d2", {"candidates": 8, "rank": 2, "installed": "trainable", "patience": 1,
+                               "max_dendrite_epochs": 2}),
+    ("C4 R1 trainable p1 d2", {"candidates": 4, "rank": 1, "installed": "trainable", "patience": 1,
+                               "max_dendrite_epochs": 2}),
+    ("C4 R4 trainable p1 d2", {"candidates": 4, "rank": 4, "installed": "trainable", "patience": 1,
+                               "max_dendrite_epochs": 2}),
+    ("C4 R2 trainable p1 d2 cc", {"candidates": 4, "rank": 2, "installed": "trainable", "patience": 1,
+                                  "max_dendrite_epochs": 2, "mode": "cc"}),
+    ("C4 R2 trainable p1 d1", {"candidates": 4, "rank": 2, "installed": "trainable", "patience": 1,
+                               "max_dendrite_epochs": 1}),
+]  # fmt: skip
 
 
 def _split(options: dict) -> tuple[dict, dict]:
