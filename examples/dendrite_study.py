@@ -132,14 +132,14 @@ def base_mlp(out: int) -> nn.Module:
 
 
 @functools.cache
-def pretrained(task_name: str) -> dict[str, torch.Tensor]:
-    """The base MLP trained on task A (the same for every seed)."""
+def pretrained(task_name: str, epochs: int) -> dict[str, torch.Tensor]:
+    """The base MLP trained on task A for ``epochs`` (the same for every seed)."""
     task = TASKS[task_name]
     torch.manual_seed(0)
     base = base_mlp(task.out)
     x, y = make_data(task, "A", 8192, 10)
     opt = adam(base.parameters())
-    for e in range(15):
+    for e in range(epochs):
         run_epoch(task, base, x, y, plain_step(opt), e)
     return base.state_dict()
 
@@ -256,7 +256,9 @@ def continue_training(task, lora, data, epochs, seed, kind, options=None):
     return evaluate(task, model, x_test, y_test)[1], count(model), time.perf_counter() - start, note
 
 
-def run_job(task_name: str, seed: int, lora_epochs: int, extra_epochs: int, sweep: bool = False) -> dict:
+def run_job(
+    task_name: str, seed: int, pretrain_epochs: int, lora_epochs: int, extra_epochs: int, sweep: bool = False
+) -> dict:
     """One task and seed: LoRA for ``lora_epochs``, then every variant (or every ``SWEEP`` setting) for
     ``extra_epochs``. Returns {"task", "seed", "results": {name: (metric, params, seconds, note)}}."""
     from peft import LoraConfig, get_peft_model
@@ -265,7 +267,7 @@ def run_job(task_name: str, seed: int, lora_epochs: int, extra_epochs: int, swee
     task = TASKS[task_name]
     data = [make_data(task, "B", n, s) for n, s in ((4096, 20), (1024, 21), (4096, 22))]
     base = base_mlp(task.out)
-    base.load_state_dict(pretrained(task_name))
+    base.load_state_dict(pretrained(task_name, pretrain_epochs))
     torch.manual_seed(seed)
     lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=4, target_modules=["0", "2", "4"]))
     opt = adam([p for p in lora.parameters() if p.requires_grad])
@@ -345,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--pretrain-epochs", type=int, default=15, help="of the base on task A")
     parser.add_argument("--lora-epochs", type=int, default=10)
     parser.add_argument("--extra-epochs", type=int, default=30)
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
@@ -353,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     tasks = list(TUNED_ON) if args.sweep else args.tasks
-    work = [(t, s, args.lora_epochs, args.extra_epochs, args.sweep) for t in tasks for s in range(args.seeds)]
+    work = [(t, s, args.pretrain_epochs, args.lora_epochs, args.extra_epochs, args.sweep)
+            for t in tasks for s in range(args.seeds)]  # fmt: skip
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs) as pool:
             jobs = list(pool.map(run_job, *zip(*work, strict=True)))
@@ -361,9 +365,11 @@ def main(argv: list[str] | None = None) -> int:
         jobs = [run_job(*w) for w in work]
     for line in table(jobs, tasks):
         print(line)
+    written = ""
     if not args.sweep:
         plot(jobs, tasks, args.png)
-    print(f"\n{len(work)} task-seed jobs in {time.perf_counter() - start:.0f} s; plot: {args.png}")
+        written = f"; plot: {args.png}"
+    print(f"\n{len(work)} task-seed jobs in {time.perf_counter() - start:.0f} s{written}")
     return 0
 
 
