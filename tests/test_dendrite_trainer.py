@@ -199,6 +199,18 @@ def test_dendrite_plateau_sees_the_whole_epoch():
     assert trainer.phase == "dendrite", trainer.events
 
 
+def test_every_layer_closes_its_epoch():
+    """Each layer's epoch statistics are judged and reset at every epoch end, whatever the first layer says."""
+    model, x, y = _regression()
+    layers = add_dendrites(model, candidates=2, rank=2)
+    trainer = DendriteTrainer(model, layers, _adam, **MANUAL)
+    trainer.start_dendrite_phase()
+    _epoch(model, trainer, x, y)
+    for i, state in trainer.states.items():
+        assert state.epoch.count.item() == 0, f"layer {i}: epoch not closed"
+        assert (state.best > 0).all(), f"layer {i}: best not updated"
+
+
 def test_installation_drops_the_losing_candidates():
     """After installation the candidates are gone from the parameters, the state dict and every optimizer."""
     model, x, y = _regression()

@@ -58,11 +58,12 @@ class Moments(NamedTuple):
         """(v_mean, e_mean, cov, v_var, e_var), the order of ``perfkern::dendrite_stats``."""
         return self.v_mean, self.e_mean, self.cov, self.v_var, self.e_var
 
-
-def _empty_moments(layers: int, candidates: int, neurons: int, device) -> Moments:
-    per_candidate = torch.zeros(layers, candidates, neurons, device=device)
-    per_neuron = torch.zeros(layers, neurons, device=device)
-    return Moments(torch.zeros((), dtype=torch.float64, device=device), per_candidate, per_neuron,
+    @classmethod
+    def empty(cls, layers: int, candidates: int, neurons: int, device=None) -> Moments:
+        """No tokens: count 0 and zero statistics (a merge with f = 1 replaces them exactly)."""
+        per_candidate = torch.zeros(layers, candidates, neurons, device=device)
+        per_neuron = torch.zeros(layers, neurons, device=device)
+        return cls(torch.zeros((), dtype=torch.float64, device=device), per_candidate, per_neuron,
                    per_candidate.clone(), per_candidate.clone(), per_neuron.clone())  # fmt: skip
 
 
@@ -143,8 +144,8 @@ class CorrelationState:
             raise ValueError(f"window must be >= 1 and beta in [0, 1), got window={window}, beta={beta}")
         self.mode, self.window, self.beta, self.tol = mode, window, beta, tol
         self.shape = (layers, candidates, neurons)
-        self.running = _empty_moments(layers, candidates, neurons, device)
-        self.epoch = _empty_moments(layers, candidates, neurons, device)
+        self.running = Moments.empty(layers, candidates, neurons, device)
+        self.epoch = Moments.empty(layers, candidates, neurons, device)
         self.best = torch.zeros(layers, neurons, device=device)
         self.improved = torch.zeros(layers, neurons, dtype=torch.bool, device=device)
         self.batches = 0
@@ -189,7 +190,7 @@ class CorrelationState:
         candidate_best = torch.nan_to_num(_score(self.epoch, self.mode)).abs().amax(dim=1)
         self.improved = (candidate_best > self.best * (1 + self.tol)) & (self.epoch.count > 0)
         torch.maximum(self.best, candidate_best, out=self.best)
-        self.epoch = _empty_moments(*self.shape, self.best.device)
+        self.epoch = Moments.empty(*self.shape, self.best.device)
         return self.improved
 
     def best_candidates(self) -> torch.Tensor:

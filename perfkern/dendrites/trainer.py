@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from perfkern.dendrites.layer import OBJECTIVES, DendriteLayer
-from perfkern.dendrites.state import CorrelationState, _empty_moments, batch_moments, merge_across_ranks
+from perfkern.dendrites.state import CorrelationState, Moments, batch_moments, merge_across_ranks
 
 __all__ = ["DendriteTrainer"]
 
@@ -242,7 +242,7 @@ class DendriteTrainer:
                 inputs[i] = (values, errors)
                 batches.append(batch_moments(values.detach(), errors))
             else:
-                batches.append(_empty_moments(*state.shape, state.best.device))
+                batches.append(Moments.empty(*state.shape, state.best.device))
         if self._world > 1:
             batches = merge_across_ranks(batches, self._group)
         tensors, grads = [], []
@@ -353,8 +353,8 @@ class DendriteTrainer:
         val = self._mean_over_ranks(float(val_loss))
         self._phase_epochs += 1
         if self.phase == "dendrite" and self.objective == "correlation":
-            improved = any(bool(state.close_epoch().any()) for state in self.states.values())
-            self._stale = 0 if improved else self._stale + 1
+            improved = [bool(state.close_epoch().any()) for state in self.states.values()]  # every layer closes
+            self._stale = 0 if any(improved) else self._stale + 1
             if self._stale >= self.patience or self._phase_epochs >= self.max_dendrite_epochs:
                 self.install_and_resume()
             return
