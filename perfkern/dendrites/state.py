@@ -35,6 +35,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 
 from perfkern.ops import dendrite as _ops
 from perfkern.reference import dendrite as _ref
@@ -87,8 +88,6 @@ def merge_across_ranks(batches: list[Moments], group=None) -> list[Moments]:
     every rank): one ``all_gather`` of all layers' statistics (float64, exact for the fp32 statistics and the
     counts), then, on every rank alike, a merge in rank order with f = P_r / (n + P_r). Every rank gets bit-identical
     results; they equal one process's statistics on the whole batch up to fp32 rounding."""
-    import torch.distributed as dist
-
     world = dist.get_world_size(group)
     flat = torch.cat([torch.cat([m.count.reshape(1)] + [s.reshape(-1).double() for s in m.stats]) for m in batches])
     gathered = [torch.empty_like(flat) for _ in range(world)]

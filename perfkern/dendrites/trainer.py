@@ -43,7 +43,9 @@ import math
 from collections.abc import Callable, Iterable
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from perfkern.dendrites.layer import OBJECTIVES, DendriteLayer
 from perfkern.dendrites.state import CorrelationState, Moments, batch_moments, merge_across_ranks
@@ -260,8 +262,6 @@ class DendriteTrainer:
 
     @torch.no_grad()
     def _reduce_owned_grads(self) -> None:
-        import torch.distributed as dist
-
         params = [p for p in self._owned_params() if p.requires_grad]
         if not params:
             return
@@ -278,8 +278,6 @@ class DendriteTrainer:
     def _mean_over_ranks(self, value: float) -> float:
         if self._world == 1:
             return value
-        import torch.distributed as dist
-
         t = torch.tensor([value], dtype=torch.float64, device=next(self.model.parameters()).device)
         dist.all_reduce(t, group=self._group)
         return t.item() / self._world
@@ -381,8 +379,6 @@ class DendriteTrainer:
         phase freezes the model (so DDP must expect unused parameters), and the dendrites' parameters, which come
         and go with the phases, are left out of it (built while they do not require gradients): the trainer
         reduces their gradients itself in ``after_backward``."""
-        from torch.nn.parallel import DistributedDataParallel
-
         owned = self._owned_params()
         flags = [p.requires_grad for p in owned]
         for p in owned:
@@ -468,6 +464,6 @@ class DendriteTrainer:
 def _distributed(process_group) -> tuple[object, int]:
     """(group, world size): world 1 without an initialised ``torch.distributed``."""
     if process_group is None:
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        if not (dist.is_available() and dist.is_initialized()):
             return None, 1
-    return process_group, torch.distributed.get_world_size(process_group)
+    return process_group, dist.get_world_size(process_group)
