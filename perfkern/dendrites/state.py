@@ -60,7 +60,7 @@ class Moments(NamedTuple):
         return self.v_mean, self.e_mean, self.cov, self.v_var, self.e_var
 
     @classmethod
-    def empty(cls, layers: int, candidates: int, neurons: int, device=None) -> Moments:
+    def empty(cls, layers: int, candidates: int, neurons: int, device: torch.device | str | None = None) -> Moments:
         """No tokens: count 0 and zero statistics (a merge with f = 1 replaces them exactly)."""
         per_candidate = torch.zeros(layers, candidates, neurons, device=device)
         per_neuron = torch.zeros(layers, neurons, device=device)
@@ -83,7 +83,7 @@ def _fold(a: Moments, b: Moments, frac: torch.Tensor) -> Moments:
     return Moments(a.count + b.count, *kept)
 
 
-def merge_across_ranks(batches: list[Moments], group=None) -> list[Moments]:
+def merge_across_ranks(batches: list[Moments], group: dist.ProcessGroup | None = None) -> list[Moments]:
     """The statistics of the global batch from every rank's ``batches`` (one ``Moments`` per layer, same shapes on
     every rank): one ``all_gather`` of all layers' statistics (float64, exact for the fp32 statistics and the
     counts), then, on every rank alike, a merge in rank order with f = P_r / (n + P_r). Every rank gets bit-identical

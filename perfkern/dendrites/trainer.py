@@ -102,7 +102,7 @@ class DendriteTrainer:
         installed: str = "trainable",
         rollback: bool = False,
         switch_optimizer: str = "keep",
-        process_group=None,
+        process_group: dist.ProcessGroup | None = None,
         log: Callable[[str], None] | None = print,
     ) -> None:
         self.model, self.layers = model, list(layers)
@@ -374,7 +374,7 @@ class DendriteTrainer:
 
     # Distributed.
 
-    def wrap_ddp(self, **kwargs) -> nn.Module:
+    def wrap_ddp(self, **kwargs) -> DistributedDataParallel:
         """``DistributedDataParallel(model, find_unused_parameters=True, **kwargs)`` for the cycle: the dendrite
         phase freezes the model (so DDP must expect unused parameters), and the dendrites' parameters, which come
         and go with the phases, are left out of it (built while they do not require gradients): the trainer
@@ -461,7 +461,7 @@ class DendriteTrainer:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
 
-def _distributed(process_group) -> tuple[object, int]:
+def _distributed(process_group: dist.ProcessGroup | None) -> tuple[dist.ProcessGroup | None, int]:
     """(group, world size): world 1 without an initialised ``torch.distributed``."""
     if process_group is None:
         if not (dist.is_available() and dist.is_initialized()):
