@@ -259,10 +259,16 @@ def _run(options, layer_kwargs, stop=None, epochs=12):
     Returns the final model state dict, the events and the phase each epoch started in."""
     kwargs = {"patience": 1, "min_improvement": 0.05, "max_dendrite_epochs": 2, "log": None, **options}
 
-    def build():
+    def build(saved=None):
+        """In the documented order: a fresh model, its saved state, a new trainer, the trainer's saved state."""
         model, x, y = _regression()
         layers = add_dendrites(model, **layer_kwargs)
-        return model, DendriteTrainer(model, layers, _adam, **kwargs), x, y
+        if saved is not None:
+            model.load_state_dict(saved["model"])
+        trainer = DendriteTrainer(model, layers, _adam, **kwargs)
+        if saved is not None:
+            trainer.load_state_dict(saved["trainer"])
+        return model, trainer, x, y
 
     model, trainer, x, y = build()
     torch.manual_seed(123)
@@ -277,9 +283,7 @@ def _run(options, layer_kwargs, stop=None, epochs=12):
                 torch.manual_seed(999)  # the restored RNG state must win over whatever ran since
                 buffer.seek(0)
                 saved = torch.load(buffer, weights_only=True)
-                model, trainer, _, _ = build()
-                model.load_state_dict(saved["model"])
-                trainer.load_state_dict(saved["trainer"])
+                model, trainer, _, _ = build(saved)
                 _assert_same(trainer.state_dict(), saved["trainer"], "trainer state")
             trainer.step(nn.functional.mse_loss(model(x[i : i + 64]), y[i : i + 64]))
         with torch.no_grad():

@@ -121,8 +121,7 @@ class DendriteTrainer:
         self._group, self._world = _distributed(process_group)
         owned = {id(p) for layer in self.layers for p in layer.dendrite_parameters() + layer.candidate_parameters()}
         self._base = [p for p in model.parameters() if p.requires_grad and id(p) not in owned]
-        for layer in self.layers:
-            layer.drop_candidates()
+        # Candidates a loaded model brought along stay (frozen) for load_state_dict to resume their phase.
         self.phase = "neuron"
         self._stale, self._phase_epochs, self._best_val = 0, 0, math.inf
         self._current_val = math.inf
