@@ -55,9 +55,13 @@ def test_dendrite_cycle_on_evaluation_plateaus(example, tmp_path):
     assert "dendrite phase in 1 layers (base frozen)" in events and "dendrites installed, per layer [1]" in events
     (layer,) = [m for m in trainer.model.modules() if isinstance(m, perfkern.dendrites.DendriteLayer)]
     assert layer.num_dendrites == events.count("dendrites installed") >= 1
-    installed = layer.dendrite_w[0]
+    installed = layer.dendrites[0].w
     assert any(installed is p for group in trainer.optimizer.param_groups for p in group["params"])
     assert installed.abs().sum() > 0, "the installed dendrite's output weight trains after the phase"
+    # The dropped candidates left the optimizer with their state: it holds the model's parameters only.
+    in_model = {id(p) for p in trainer.model.parameters()}
+    assert all(id(p) in in_model for group in trainer.optimizer.param_groups for p in group["params"])
+    assert all(id(p) in in_model for p in trainer.optimizer.state)
     # The base trained outside the dendrite phase only: fewer optimizer steps counted than taken.
     sparse = [m for m in trainer.model.modules() if isinstance(m, perfkern.SparseLoRALinear)]
     assert 0 < int(sparse[0].updates) < 16

@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from perfkern.dendrites import DendriteLayer, _LayerGroupState
+from perfkern.dendrites import CorrelationState, DendriteLayer, batch_moments
 from perfkern.nn import PeraLinear, SparseLoRALinear
 
-DENDRITE_DEFAULTS = {"patience": 2, "min_improvement": 1e-2, "max_dendrite_evals": 5, "max_dendrites": 4}
+DENDRITE_DEFAULTS = {
+    "patience": 2,
+    "min_improvement": 1e-2,
+    "max_dendrite_evals": 5,
+    "max_dendrites": 4,
+    "installed": "trainable",
+}
 
 
 class PerfkernCallback(TrainerCallback):
@@ -30,8 +37,9 @@ class PerfkernCallback(TrainerCallback):
             ``eval_loss`` start a dendrite phase (base frozen, candidates train on the correlation objective with
             the Trainer's optimizer); ``patience`` evaluations without a better candidate, or
             ``max_dendrite_evals``, end it: each neuron installs its best candidate (output weight 0, added to the
-            optimizer) and training resumes. ``max_dendrites`` bounds the dendrites per layer. Needs evaluations
-            (``eval_strategy``).
+            optimizer with, for ``installed="trainable"`` (the default, as ``DendriteTrainer``), its input maps;
+            ``"frozen"`` trains the output weight only) and training resumes. ``max_dendrites`` bounds the
+            dendrites per layer. Needs evaluations (``eval_strategy``).
 
     The backward masks are re-chosen by the layers themselves every ``refresh_every`` optimizer steps (a
     ``torch.optim`` step hook; with gradient accumulation once per optimizer step, from the updated weight). The
@@ -46,13 +54,16 @@ class PerfkernCallback(TrainerCallback):
             raise ValueError(f"unknown dendrite options {sorted(unknown)}; known: {sorted(DENDRITE_DEFAULTS)}")
         self.adapter_start = adapter_start
         self.dendrite_options = None if dendrites is None else {**DENDRITE_DEFAULTS, **dendrites}
+        if self.dendrite_options is not None and self.dendrite_options["installed"] not in ("trainable", "frozen"):
+            raise ValueError(f"installed must be 'trainable' or 'frozen', got {self.dendrite_options['installed']!r}")
         self.events: list[str] = []
         self.adapters_on = False
         self.phase = "neuron"
         self._layers: list[SparseLoRALinear] = []
         self._counts: list[int] = []
         self._dendrites: list[DendriteLayer] = []
-        self._group = None
+        self._states: dict[int, CorrelationState] = {}
+        self._pending: dict[int, list] = {}
         self._best = math.inf
         self._stale = 0
         self._phase_evals = 0
@@ -85,6 +96,8 @@ class PerfkernCallback(TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self._counts = [layer._updates for layer in self._layers]
+        if self.phase == "dendrite":
+            self._correlation_step()
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         refreshed = 0
@@ -109,56 +122,86 @@ class PerfkernCallback(TrainerCallback):
                 self._stale += 1
             full = all(layer.num_dendrites >= options["max_dendrites"] for layer in self._dendrites)
             if self._stale >= options["patience"] and not full and state.global_step < state.max_steps:
-                self._start_dendrite_phase(state, model, optimizer, loss)
+                self._start_dendrite_phase(state, model, optimizer, lr_scheduler, loss)
             return
-        improved = any(bool(s.improved.any()) for s in self._group.states)
-        self._stale = 0 if improved else self._stale + 1
+        improved = [bool(s.close_epoch().any()) for s in self._states.values()]  # every layer closes
+        self._stale = 0 if any(improved) else self._stale + 1
         if self._stale >= options["patience"] or self._phase_evals >= options["max_dendrite_evals"]:
             self._install(state, optimizer, lr_scheduler)
 
     def _base_parameters(self, model: nn.Module) -> list[nn.Parameter]:
-        candidates = {id(p) for layer in self._dendrites for p in layer.candidate_parameters()}
-        return [p for p in model.parameters() if id(p) not in candidates]
+        owned = {id(p) for layer in self._dendrites for p in layer.candidate_parameters()}
+        return [p for p in model.parameters() if id(p) not in owned]
 
-    def _start_dendrite_phase(self, state, model, optimizer, loss) -> None:
+    def _collect(self, layer: DendriteLayer, values, errors) -> None:
+        # Called from a layer's backward hook with V [P, C, N] and E [P, N]; folded before the optimizer step.
+        self._pending.setdefault(self._dendrites.index(layer), []).append((values, errors))
+
+    def _correlation_step(self) -> None:
+        """Fold the statistics of this optimizer step's micro-batches and give the candidates their gradient of
+        the correlation objective (``DendriteTrainer.after_backward``, for one process)."""
+        pending, self._pending = self._pending, {}
+        tensors, grads = [], []
+        for i, entries in sorted(pending.items()):
+            values = torch.cat([v for v, _ in entries]).unsqueeze(0)
+            errors = torch.cat([e for _, e in entries]).unsqueeze(0)
+            batch = batch_moments(values.detach(), errors)
+            self._states[i].fold(batch)
+            tensors.append(values)
+            grads.append(self._states[i].candidate_grad(values.detach(), errors, batch))
+        if tensors:
+            torch.autograd.backward(tensors, grads)
+
+    def _start_dendrite_phase(self, state, model, optimizer, lr_scheduler, loss) -> None:
         self._frozen = [p for p in self._base_parameters(model) if p.requires_grad]
         for p in self._frozen:
             p.requires_grad_(False)
             p.grad = None
-        self._group = _LayerGroupState(self._dendrites)
-        for i, layer in enumerate(self._dendrites):
-            layer.reset_candidates()
-            layer.tracking, layer.state, layer.index = True, self._group, i
-            for p in layer.candidate_parameters():
-                if optimizer is not None:
-                    optimizer.state.pop(p, None)  # fresh candidates start without the last phase's moments
-                p.requires_grad_(True)
+        limit = self.dendrite_options["max_dendrites"]
+        active = [i for i, layer in enumerate(self._dendrites) if layer.num_dendrites < limit]
+        self._states, self._pending = {}, {}
+        for i in active:
+            layer = self._dendrites[i]
+            layer.grow_candidates("correlation")
+            layer.collector = self._collect
+            self._states[i] = CorrelationState(1, layer.num_candidates, layer.out_features, mode=layer.mode,
+                                               device=layer.candidate_parameters()[0].device)  # fmt: skip
+        if optimizer is not None:
+            # The fresh candidates train with the Trainer's optimizer, in a group of their own until installation.
+            candidates = [p for i in active for p in self._dendrites[i].candidate_parameters()]
+            _add_parameters(optimizer, lr_scheduler, candidates)
         self.phase, self._stale, self._phase_evals = "dendrite", 0, 0
-        self._say(state, f"eval loss plateaued at {loss:.4f}: dendrite phase in {len(self._dendrites)} layers "
+        self._say(state, f"eval loss plateaued at {loss:.4f}: dendrite phase in {len(active)} layers "
                          "(base frozen)")  # fmt: skip
 
     def _install(self, state, optimizer, lr_scheduler) -> None:
-        counts = []
-        for layer, layer_state in zip(self._dendrites, self._group.states, strict=True):
-            layer.tracking, layer.state = False, None
-            if layer.num_dendrites < self.dendrite_options["max_dendrites"]:
-                layer.install_best(layer_state.best_candidates()[0])
-                if optimizer is not None:
-                    _add_parameter(optimizer, lr_scheduler, layer.dendrite_w[-1])
-            counts.append(layer.num_dendrites)
-            for p in layer.candidate_parameters():
-                p.requires_grad_(False)
-                p.grad = None
+        if optimizer is not None:
+            candidates = {id(p) for i in self._states for p in self._dendrites[i].candidate_parameters()}
+            for index in reversed(range(len(optimizer.param_groups))):
+                if any(id(p) in candidates for p in optimizer.param_groups[index]["params"]):
+                    _remove_group(optimizer, lr_scheduler, index)
+        input_maps = self.dendrite_options["installed"] == "trainable"
+        for i, layer_state in self._states.items():
+            layer = self._dendrites[i]
+            layer.collector = None
+            layer.install(layer_state.best_candidates()[0])
+            dendrite = layer.dendrites[-1]
+            params = (dendrite.input_maps() if input_maps else []) + [dendrite.w]
+            for p in params:
+                p.requires_grad_(True)
+            if optimizer is not None:
+                _add_parameters(optimizer, lr_scheduler, params)
         for p in self._frozen:
             p.requires_grad_(True)
+        counts = [layer.num_dendrites for layer in self._dendrites]
         self.phase, self._stale, self._phase_evals, self._best = "neuron", 0, 0, math.inf
-        self._group = None
+        self._states, self._pending = {}, {}
         self._say(state, f"dendrites installed, per layer {counts}; neuron phase resumes")
 
 
-def _add_parameter(optimizer, lr_scheduler, param: nn.Parameter) -> None:
-    """Add ``param`` to the Trainer's optimizer as a group of its own, scheduled like the first group."""
-    optimizer.add_param_group({"params": [param]})
+def _add_parameters(optimizer, lr_scheduler, params: list[nn.Parameter]) -> None:
+    """Add ``params`` to the Trainer's optimizer as a group of their own, scheduled like the first group."""
+    optimizer.add_param_group({"params": params})
     scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate wraps the scheduler
     if scheduler is None:
         return
@@ -168,3 +211,15 @@ def _add_parameter(optimizer, lr_scheduler, param: nn.Parameter) -> None:
         scheduler.base_lrs.append(group["initial_lr"])
     if hasattr(scheduler, "lr_lambdas"):
         scheduler.lr_lambdas.append(scheduler.lr_lambdas[0])
+
+
+def _remove_group(optimizer, lr_scheduler, index: int) -> None:
+    """Remove the optimizer's param group ``index``, its state, and its entries in the scheduler."""
+    for p in optimizer.param_groups[index]["params"]:
+        optimizer.state.pop(p, None)
+    del optimizer.param_groups[index]
+    scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)
+    for attr in ("base_lrs", "lr_lambdas"):
+        entries = getattr(scheduler, attr, None)
+        if isinstance(entries, list) and len(entries) > index:
+            del entries[index]
