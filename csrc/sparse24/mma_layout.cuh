@@ -14,6 +14,8 @@
 
 #include <cuda_runtime.h>
 
+#include "common/kernel.cuh"
+
 namespace perfkern {
 namespace sparse24 {
 namespace mma {
@@ -56,7 +58,7 @@ __host__ __device__ __forceinline__ uint32_t canonical_meta(const uint16_t* src,
   if (row >= rows) {
     return kPadMeta;
   }
-#ifdef __CUDA_ARCH__
+#if PERFKERN_ON_DEVICE
   return __ldg(src + row * meta_cols + col);
 #else
   return src[row * meta_cols + col];
@@ -84,7 +86,7 @@ __host__ __device__ __forceinline__ void meta_to_mma_item(const uint16_t* src, u
            (canonical_meta(src, rows, meta_cols, s.row_hi, s.col) << 16);
   }
   const uint4 v = make_uint4(w[0], w[1], w[2], w[3]);
-#ifdef __CUDA_ARCH__
+#if PERFKERN_ON_DEVICE
   *reinterpret_cast<uint4*>(dst + word0) = v;
 #else
   memcpy(dst + word0, &v, sizeof(v));
