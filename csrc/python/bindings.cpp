@@ -1,7 +1,8 @@
-// perfkern._C: a thin pybind11 layer over the C API in perfkern/perfkern.h. Every launcher is bound the
-// same way: Python passes the fields of its params struct as keyword arguments (pointers and streams are
-// ints, 0 is NULL / the default stream; every field must be given), the launcher runs with the GIL
-// released, and a failure raises RuntimeError with the status and the launcher's message.
+// perfkern._C (and perfkern._C_emu: the same bindings over the emulated core): a thin pybind11 layer over the
+// C API in perfkern/perfkern.h. Every launcher is bound the same way: Python passes the fields of its params
+// struct as keyword arguments (pointers and streams are ints, 0 is NULL / the default stream; every field must
+// be given), the launcher runs with the GIL released, and a failure raises RuntimeError with the status and the
+// launcher's message.
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -197,7 +198,12 @@ void def_sparse24(py::module_& m) {
 
 }  // namespace
 
-PYBIND11_MODULE(_C, m) {
+// The module's name: _C, or _C_emu for the emulated core (CMake defines it).
+#ifndef PERFKERN_PYTHON_MODULE
+#define PERFKERN_PYTHON_MODULE _C
+#endif
+
+PYBIND11_MODULE(PERFKERN_PYTHON_MODULE, m) {
   m.doc() = "perfkern core (C API bindings; pointers and streams are ints, 0 = NULL)";
 
   m.def("version", []() { return std::string(perfkern_version()); }, "Version of the native core.");
