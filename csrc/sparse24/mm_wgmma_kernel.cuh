@@ -65,7 +65,8 @@ __device__ __forceinline__ void load_stage(const MmArgs& a, unsigned char* stage
     if (t.valid) {
       ptx::cp_async_cg_shared_global_16(ptx::smem_addr(stage + t.dst), a.meta + t.src, 16);
     } else {
-      *reinterpret_cast<uint4*>(stage + t.dst) = make_uint4(kPadMeta, kPadMeta, kPadMeta, kPadMeta);
+      *reinterpret_cast<uint4*>(stage + t.dst) =
+          make_uint4(kPadMetaWord, kPadMetaWord, kPadMetaWord, kPadMetaWord);
     }
   });
 }

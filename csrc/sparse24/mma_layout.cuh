@@ -25,6 +25,8 @@ constexpr int kBlockRows = 32;
 constexpr int kStepK = 32;
 // (0, 1) in all four groups: the word that padding rows carry (0b0000 is not a valid nibble).
 constexpr uint32_t kPadMeta = 0x4444u;
+// A metadata register holds two rows (g and g + 8 of an m16 tile): padding fills both halves.
+constexpr uint32_t kPadMetaWord = kPadMeta | (kPadMeta << 16);
 
 __host__ __device__ __forceinline__ int64_t meta_blocks(int64_t rows) { return (rows + kBlockRows - 1) / kBlockRows; }
 
