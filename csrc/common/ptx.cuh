@@ -67,6 +67,18 @@ __device__ __forceinline__ void ldmatrix_sync_aligned_m8n8_x4_shared_b16(uint32_
 #endif
 }
 
+// The same, each matrix transposed on the way: lane 4g + t receives elements (2t, g) and (2t + 1, g) of a matrix
+// stored row by row (the fragment of an operand whose rows in shared memory run along the reduction).
+__device__ __forceinline__ void ldmatrix_sync_aligned_m8n8_x4_trans_shared_b16(uint32_t (&r)[4], uint32_t addr) {
+#ifdef PERFKERN_EMULATE
+  emu::ldmatrix(r, 4, true, addr);
+#else
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+#endif
+}
+
 // d += A (16 x 32, 2:4: 16 x 16 stored, metadata e, sparsity selector kSel) * B (32 x 8), fp32 accumulators.
 template <int kSel>
 __device__ __forceinline__ void mma_sp_m16n8k32_f32_f16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[4],
