@@ -51,5 +51,7 @@ PERFKERN_NO_CUDA(perfkern_sparse24_gather, perfkern_sparse24_gather_params_t)
 PERFKERN_NO_CUDA(perfkern_sparse24_meta_reorder, perfkern_sparse24_meta_reorder_params_t)
 PERFKERN_NO_CUDA(perfkern_sparse24_meta_to_mma, perfkern_sparse24_meta_to_mma_params_t)
 PERFKERN_NO_CUDA(perfkern_sparse24_mm, perfkern_sparse24_mm_params_t)
+PERFKERN_NO_CUDA(perfkern_sparse24_weight_grad, perfkern_sparse24_weight_grad_params_t)
+PERFKERN_NO_CUDA(perfkern_sparse24_transpose_prune, perfkern_sparse24_transpose_prune_params_t)
 
 }  // extern "C"

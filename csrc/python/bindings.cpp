@@ -190,6 +190,27 @@ void def_sparse24(py::module_& m) {
                  "out = x . Ws^T + bias + scale * lora_t . lora_b^T on sparse tensor cores (bias, lora_t, lora_b "
                  "may be 0); kernel: 0 auto, 1 mma.sp, 2 wgmma.sp.");
   }
+  {
+    using P = perfkern_sparse24_weight_grad_params_t;
+    def_launcher(m, "sparse24_weight_grad", perfkern_sparse24_weight_grad,
+                 Fields<P>() PERFKERN_FIELD(dy) PERFKERN_FIELD(x) PERFKERN_FIELD(meta) PERFKERN_FIELD(out)
+                             PERFKERN_FIELD(m) PERFKERN_FIELD(n) PERFKERN_FIELD(k) PERFKERN_FIELD(dy_row_stride)
+                             PERFKERN_FIELD(x_row_stride) PERFKERN_FIELD(meta_row_stride)
+                             PERFKERN_FIELD(out_row_stride) PERFKERN_FIELD(accumulate) PERFKERN_FIELD(dtype)
+                             PERFKERN_FIELD(out_dtype) PERFKERN_FIELD(device),
+                 "out (+)= the entries of dy^T . x that meta keeps, in the compressed [n, k/2] layout.");
+  }
+  {
+    using P = perfkern_sparse24_transpose_prune_params_t;
+    def_launcher(m, "sparse24_transpose_prune", perfkern_sparse24_transpose_prune,
+                 Fields<P>() PERFKERN_FIELD(values) PERFKERN_FIELD(meta) PERFKERN_FIELD(bwd_values)
+                             PERFKERN_FIELD(bwd_meta) PERFKERN_FIELD(n) PERFKERN_FIELD(k)
+                             PERFKERN_FIELD(values_row_stride) PERFKERN_FIELD(meta_row_stride)
+                             PERFKERN_FIELD(bwd_values_row_stride) PERFKERN_FIELD(bwd_meta_row_stride)
+                             PERFKERN_FIELD(choose_mask) PERFKERN_FIELD(dtype) PERFKERN_FIELD(device),
+                 "The double-pruned backward copy: Ws^T pruned 2:4 along n (choose_mask=1) or gathered onto "
+                 "bwd_meta (0), compressed.");
+  }
   m.def("sparse24_mma_meta_size", &sparse24_mma_meta_size, py::arg("rows"), py::arg("meta_cols"),
         "int16 elements of the mma-layout metadata: ceil(rows / 32) * 32 * meta_cols.");
 }

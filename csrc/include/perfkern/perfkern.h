@@ -241,6 +241,65 @@ typedef struct {
 
 PERFKERN_API perfkern_status_t perfkern_sparse24_mm(const perfkern_sparse24_mm_params_t* params, cudaStream_t stream);
 
+/* The sparse weight gradient, written straight into the compressed layout (no dense [n, k] intermediate):
+ *   out[r, 2g + s] (+)= sum_m dy[m, r] x[m, 4g + idx_s(r, g)]     s = 0, 1
+ * i.e. dWs = mask (.) (dy^T . x) gathered onto meta, for Ws [n, k] 2:4 along k, accumulated in fp32.
+ *   dy       [m, n]    row stride dy_row_stride, unit column stride
+ *   x        [m, k]    row stride x_row_stride, unit column stride
+ *   meta     [n, k/16] canonical int16 metadata of Ws, row stride meta_row_stride
+ *   out      [n, k/2]  row stride out_row_stride, unit column stride, of out_dtype: dtype or F32
+ * dtype: F16 or BF16 (tensor cores, fp32 accumulation) or F32 (CUDA cores, exact fp32 FMAs), shared by dy and x.
+ * accumulate = 1 adds the gradient to out (gradient accumulation; the sum is formed in fp32 and rounded once),
+ * 0 overwrites it. k % 16 == 0; m, n any (m = 0 gives zeros, or leaves out as it is when accumulating). */
+typedef struct {
+  const void* dy;
+  const void* x;
+  const int16_t* meta;
+  void* out;
+  int64_t m;
+  int64_t n;
+  int64_t k;
+  int64_t dy_row_stride;
+  int64_t x_row_stride;
+  int64_t meta_row_stride;
+  int64_t out_row_stride;
+  int accumulate;
+  perfkern_dtype_t dtype;
+  perfkern_dtype_t out_dtype;
+  int device;
+} perfkern_sparse24_weight_grad_params_t;
+
+PERFKERN_API perfkern_status_t perfkern_sparse24_weight_grad(const perfkern_sparse24_weight_grad_params_t* params,
+                                                             cudaStream_t stream);
+
+/* The backward copy of SLoPe's double pruning, from the weight in its canonical form: Ws [n, k] (values, meta;
+ * 2:4 along k) transposed and pruned again 2:4 along n, compressed: bwd_values [k, n/2], bwd_meta [k, n/16]
+ * (Wbwd^T, as perfkern_sparse24_mm takes it for dx = dy . Wbwd).
+ *   choose_mask = 1: bwd_meta is written: each group of 4 along n keeps the 2 entries of Ws^T with the largest
+ *                    magnitude (ties to the lower index, NaN above every number), exactly as compress of the
+ *                    dense Ws^T would choose (-0.0 written as +0.0);
+ *   choose_mask = 0: bwd_meta is read (a mask chosen earlier) and bwd_values = the entries of Ws^T it names
+ *                    (the gather, bit for bit).
+ * n % 16 == 0 and k % 16 == 0; dtype any of F32, F16, BF16 (bits are moved, no arithmetic). */
+typedef struct {
+  const void* values;
+  const int16_t* meta;
+  void* bwd_values;
+  int16_t* bwd_meta;
+  int64_t n;
+  int64_t k;
+  int64_t values_row_stride;
+  int64_t meta_row_stride;
+  int64_t bwd_values_row_stride;
+  int64_t bwd_meta_row_stride;
+  int choose_mask;
+  perfkern_dtype_t dtype;
+  int device;
+} perfkern_sparse24_transpose_prune_params_t;
+
+PERFKERN_API perfkern_status_t perfkern_sparse24_transpose_prune(
+    const perfkern_sparse24_transpose_prune_params_t* params, cudaStream_t stream);
+
 #ifdef __cplusplus
 }
 #endif
