@@ -105,6 +105,22 @@ void def_launcher(py::module_& m, const char* name, perfkern_status_t (*launcher
       py::arg("stream"), (std::string(doc) + " Fields: " + fields.names() + ".").c_str());
 }
 
+// name(**fields) -> bytes for a workspace query taking the launcher's params.
+template <typename P>
+void def_workspace_size(py::module_& m, const char* name, perfkern_status_t (*query)(const P*, int64_t*),
+                        const Fields<P>& fields, const char* doc) {
+  const std::string fn = std::string("perfkern_") + name;
+  m.def(
+      name,
+      [fn, query, fields](const py::kwargs& kwargs) {
+        const P p = fields.build(fn, kwargs);
+        int64_t bytes = 0;
+        raise_on_error(fn, query(&p, &bytes));
+        return bytes;
+      },
+      (std::string(doc) + " Fields: " + fields.names() + ".").c_str());
+}
+
 int device_count() {
   int count = 0;
   if (perfkern_device_count(&count) != PERFKERN_SUCCESS) {
@@ -215,6 +231,40 @@ void def_sparse24(py::module_& m) {
         "int16 elements of the mma-layout metadata: ceil(rows / 32) * 32 * meta_cols.");
 }
 
+void def_pera(py::module_& m) {
+  m.def(
+      "pera_expanded_rank",
+      [](int64_t r, int mode) { return perfkern_pera_expanded_rank(r, static_cast<perfkern_pera_mode_t>(mode)); },
+      py::arg("r"), py::arg("mode"), "r + |P| for rank r in mode (0 full, 1 square, 2 cross).");
+  {
+    using P = perfkern_pera_forward_params_t;
+    def_launcher(m, "pera_forward", perfkern_pera_forward,
+                 Fields<P>() PERFKERN_FIELD(x) PERFKERN_FIELD(lora_a) PERFKERN_FIELD(lora_b) PERFKERN_FIELD(h)
+                             PERFKERN_FIELD(out) PERFKERN_FIELD(z) PERFKERN_FIELD(m) PERFKERN_FIELD(n)
+                             PERFKERN_FIELD(k) PERFKERN_FIELD(r) PERFKERN_FIELD(scale) PERFKERN_FIELD(accumulate)
+                             PERFKERN_FIELD(x_row_stride) PERFKERN_FIELD(a_row_stride) PERFKERN_FIELD(b_row_stride)
+                             PERFKERN_FIELD(out_row_stride) PERFKERN_FIELD(z_row_stride) PERFKERN_FIELD(mode)
+                             PERFKERN_FIELD(dtype) PERFKERN_FIELD(device),
+                 "out (+)= scale . (x . A^T) . B^T with A^, B^ generated on chip; z = x . A^T (fp32).");
+  }
+  {
+    using P = perfkern_pera_backward_params_t;
+    const auto fields =
+        Fields<P>() PERFKERN_FIELD(grad) PERFKERN_FIELD(x) PERFKERN_FIELD(lora_a) PERFKERN_FIELD(lora_b)
+            PERFKERN_FIELD(h) PERFKERN_FIELD(z) PERFKERN_FIELD(dx) PERFKERN_FIELD(d_a) PERFKERN_FIELD(d_b)
+                PERFKERN_FIELD(d_h) PERFKERN_FIELD(workspace) PERFKERN_FIELD(workspace_bytes) PERFKERN_FIELD(m)
+                    PERFKERN_FIELD(n) PERFKERN_FIELD(k) PERFKERN_FIELD(r) PERFKERN_FIELD(scale)
+                        PERFKERN_FIELD(grad_row_stride) PERFKERN_FIELD(x_row_stride) PERFKERN_FIELD(a_row_stride)
+                            PERFKERN_FIELD(b_row_stride) PERFKERN_FIELD(z_row_stride) PERFKERN_FIELD(dx_row_stride)
+                                PERFKERN_FIELD(d_a_row_stride) PERFKERN_FIELD(d_b_row_stride) PERFKERN_FIELD(mode)
+                                    PERFKERN_FIELD(dtype) PERFKERN_FIELD(device);
+    def_launcher(m, "pera_backward", perfkern_pera_backward, fields,
+                 "dx, dA, dB, dh of the PERA term (each may be 0: not computed).");
+    def_workspace_size(m, "pera_backward_workspace_size", perfkern_pera_backward_workspace_size, fields,
+                       "Bytes of workspace pera_backward needs for these fields.");
+  }
+}
+
 #undef PERFKERN_FIELD
 
 }  // namespace
@@ -236,4 +286,5 @@ PYBIND11_MODULE(PERFKERN_PYTHON_MODULE, m) {
   m.def("device_info", &device_info, py::arg("device"),
         "dict(name, major, minor, multiprocessor_count, total_global_mem) of a device.");
   def_sparse24(m);
+  def_pera(m);
 }

@@ -300,6 +300,92 @@ typedef struct {
 PERFKERN_API perfkern_status_t perfkern_sparse24_transpose_prune(
     const perfkern_sparse24_transpose_prune_params_t* params, cudaStream_t stream);
 
+/* PERA, polynomial-expanded LoRA (arXiv 2604.11841). Rows a_i of A [r, k], columns b_i of B [n, r], the pairs
+ * P of the mode in row-major upper-triangle order (i <= j for FULL, i = j for SQUARE, i < j for CROSS), h [|P|]:
+ *   A^ = [A ; h_p (a_i (.) a_j)]  [r', k]      B^ = [B , b_i (.) b_j]  [n, r']      r' = r + |P|
+ *   out (+)= scale . (x . A^T) . B^T           Z = x . A^T  [m, r'] (fp32, kept for the backward)
+ * A^ and B^ are generated tile by tile on chip and never written to memory. 1 <= r <= 128. */
+typedef enum { PERFKERN_PERA_FULL = 0, PERFKERN_PERA_SQUARE = 1, PERFKERN_PERA_CROSS = 2 } perfkern_pera_mode_t;
+
+/* r' = r + |P| for rank r in mode (0 for a negative r or an unknown mode). */
+PERFKERN_API int64_t perfkern_pera_expanded_rank(int64_t r, perfkern_pera_mode_t mode);
+
+/* x [m, k], lora_a [r, k], lora_b [n, r] (row strides given, unit column strides), h [|P|] contiguous (NULL when
+ * |P| = 0), all of dtype (F32: exact fp32 FMAs; F16/BF16: tensor cores, fp32 accumulation); out [m, n] of dtype,
+ * accumulate = 1 adds the term to out (y = base(x) computed by the caller, then y += adapter), 0 overwrites;
+ * z [m, r'] fp32 (required: the intermediate between the two products, and the backward's input). */
+typedef struct {
+  const void* x;
+  const void* lora_a;
+  const void* lora_b;
+  const void* h;
+  void* out;
+  float* z;
+  int64_t m;
+  int64_t n;
+  int64_t k;
+  int64_t r;
+  float scale;
+  int accumulate;
+  int64_t x_row_stride;
+  int64_t a_row_stride;
+  int64_t b_row_stride;
+  int64_t out_row_stride;
+  int64_t z_row_stride;
+  perfkern_pera_mode_t mode;
+  perfkern_dtype_t dtype;
+  int device;
+} perfkern_pera_forward_params_t;
+
+PERFKERN_API perfkern_status_t perfkern_pera_forward(const perfkern_pera_forward_params_t* params,
+                                                     cudaStream_t stream);
+
+/* The gradients of the adapter term for the upstream gradient grad [m, n]: with G_s = scale . grad,
+ *   dZ = G_s . B^    dx = dZ . A^    dA^ = dZ^T . x    dB^ = G_s^T . Z
+ * folded on chip into dA [r, k], dB [n, r] and dh [|P|] (a pair p = (i, j) sends dB^[:, r+p] (.) b_j to dB[:, i]
+ * and (.) b_i to dB[:, j], h_p dA^[r+p] (.) a_j to dA[i] and (.) a_i to dA[j], and dh_p = sum_k dA^[r+p, k]
+ * a_i[k] a_j[k]). Inputs as in the forward; z is the forward's Z, or NULL to recompute it. Each of dx, d_a, d_b,
+ * d_h may be NULL (not computed); outputs have the inputs' dtype, unit column strides, d_h contiguous.
+ * workspace: perfkern_pera_backward_workspace_size bytes (16-byte aligned), private to the call; the reductions
+ * over m are split into a fixed number of parts that depends on the shape only, and summed in a fixed order:
+ * results are deterministic. */
+typedef struct {
+  const void* grad;
+  const void* x;
+  const void* lora_a;
+  const void* lora_b;
+  const void* h;
+  const float* z;
+  void* dx;
+  void* d_a;
+  void* d_b;
+  void* d_h;
+  void* workspace;
+  int64_t workspace_bytes;
+  int64_t m;
+  int64_t n;
+  int64_t k;
+  int64_t r;
+  float scale;
+  int64_t grad_row_stride;
+  int64_t x_row_stride;
+  int64_t a_row_stride;
+  int64_t b_row_stride;
+  int64_t z_row_stride;
+  int64_t dx_row_stride;
+  int64_t d_a_row_stride;
+  int64_t d_b_row_stride;
+  perfkern_pera_mode_t mode;
+  perfkern_dtype_t dtype;
+  int device;
+} perfkern_pera_backward_params_t;
+
+/* *bytes = the workspace perfkern_pera_backward needs for these params (pointers are not read). */
+PERFKERN_API perfkern_status_t perfkern_pera_backward_workspace_size(const perfkern_pera_backward_params_t* params,
+                                                                     int64_t* bytes);
+PERFKERN_API perfkern_status_t perfkern_pera_backward(const perfkern_pera_backward_params_t* params,
+                                                      cudaStream_t stream);
+
 #ifdef __cplusplus
 }
 #endif
