@@ -55,6 +55,15 @@ perfkern_status_t perfkern_pera_backward_workspace_size(const perfkern_pera_back
   return not_built();
 }
 
+perfkern_status_t perfkern_dendrite_correlation_workspace_size(const perfkern_dendrite_correlation_params_t* params,
+                                                               int64_t* bytes) {
+  (void)params;
+  if (bytes != nullptr) {
+    *bytes = 0;
+  }
+  return not_built();
+}
+
 // Every launcher of perfkern.h that takes a cudaStream_t (tests/test_build.py checks the list is complete).
 #define PERFKERN_NO_CUDA(name, params_t)                                  \
   perfkern_status_t name(const params_t* params, cudaStream_t stream) { \
@@ -73,5 +82,8 @@ PERFKERN_NO_CUDA(perfkern_sparse24_weight_grad, perfkern_sparse24_weight_grad_pa
 PERFKERN_NO_CUDA(perfkern_sparse24_transpose_prune, perfkern_sparse24_transpose_prune_params_t)
 PERFKERN_NO_CUDA(perfkern_pera_forward, perfkern_pera_forward_params_t)
 PERFKERN_NO_CUDA(perfkern_pera_backward, perfkern_pera_backward_params_t)
+PERFKERN_NO_CUDA(perfkern_dendrite_correlation, perfkern_dendrite_correlation_params_t)
+PERFKERN_NO_CUDA(perfkern_dendrite_grad, perfkern_dendrite_grad_params_t)
+PERFKERN_NO_CUDA(perfkern_dendrite_state_update, perfkern_dendrite_state_update_params_t)
 
 }  // extern "C"

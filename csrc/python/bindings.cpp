@@ -46,6 +46,13 @@ class Fields {
     return *this;
   }
 
+  // A field of a struct member (the moments of the dendrite launchers): keyword "<member>_<field>".
+  template <typename S, typename F>
+  Fields& add(const char* name, S P::*outer, F S::*inner) {
+    setters_[name] = [outer, inner](P& p, py::handle value) { assign((p.*outer).*inner, value); };
+    return *this;
+  }
+
   P build(const std::string& fn, const py::kwargs& kwargs) const {
     P p{};
     size_t given = 0;
@@ -231,6 +238,15 @@ void def_sparse24(py::module_& m) {
         "int16 elements of the mma-layout metadata: ceil(rows / 32) * 32 * meta_cols.");
 }
 
+// The five statistics and the count of a perfkern_dendrite_moments_t member `s`: keywords s_v_mean, ... s_count.
+#define PERFKERN_MOMENTS(s)                                                                             \
+  .add(#s "_v_mean", &P::s, &perfkern_dendrite_moments_t::v_mean)                                       \
+      .add(#s "_cov", &P::s, &perfkern_dendrite_moments_t::cov)                                         \
+      .add(#s "_v_var", &P::s, &perfkern_dendrite_moments_t::v_var)                                     \
+      .add(#s "_e_mean", &P::s, &perfkern_dendrite_moments_t::e_mean)                                   \
+      .add(#s "_e_var", &P::s, &perfkern_dendrite_moments_t::e_var)                                     \
+      .add(#s "_count", &P::s, &perfkern_dendrite_moments_t::count)
+
 void def_pera(py::module_& m) {
   m.def(
       "pera_expanded_rank",
@@ -265,6 +281,45 @@ void def_pera(py::module_& m) {
   }
 }
 
+void def_dendrite(py::module_& m) {
+  {
+    using P = perfkern_dendrite_correlation_params_t;
+    const auto fields = Fields<P>() PERFKERN_FIELD(values) PERFKERN_FIELD(errors) PERFKERN_MOMENTS(stats)
+        PERFKERN_FIELD(score) PERFKERN_FIELD(workspace) PERFKERN_FIELD(workspace_bytes) PERFKERN_FIELD(layers)
+            PERFKERN_FIELD(p) PERFKERN_FIELD(c) PERFKERN_FIELD(n) PERFKERN_FIELD(values_stride_l)
+                PERFKERN_FIELD(values_stride_p) PERFKERN_FIELD(values_stride_c) PERFKERN_FIELD(errors_stride_l)
+                    PERFKERN_FIELD(errors_stride_p) PERFKERN_FIELD(mode) PERFKERN_FIELD(dtype) PERFKERN_FIELD(device);
+    def_launcher(m, "dendrite_correlation", perfkern_dendrite_correlation, fields,
+                 "Statistics (stats_*) and score of values [L, P, C, N] against errors [L, P, N].");
+    def_workspace_size(m, "dendrite_correlation_workspace_size", perfkern_dendrite_correlation_workspace_size, fields,
+                       "Bytes of workspace dendrite_correlation uses to split the tokens (0: no split).");
+  }
+  {
+    using P = perfkern_dendrite_grad_params_t;
+    def_launcher(m, "dendrite_grad", perfkern_dendrite_grad,
+                 Fields<P>() PERFKERN_FIELD(values) PERFKERN_FIELD(errors) PERFKERN_MOMENTS(batch)
+                     PERFKERN_FIELD(alpha) PERFKERN_FIELD(beta) PERFKERN_FIELD(upstream) PERFKERN_FIELD(out)
+                         PERFKERN_FIELD(layers) PERFKERN_FIELD(p) PERFKERN_FIELD(c) PERFKERN_FIELD(n)
+                             PERFKERN_FIELD(values_stride_l) PERFKERN_FIELD(values_stride_p)
+                                 PERFKERN_FIELD(values_stride_c) PERFKERN_FIELD(errors_stride_l)
+                                     PERFKERN_FIELD(errors_stride_p) PERFKERN_FIELD(out_stride_l)
+                                         PERFKERN_FIELD(out_stride_p) PERFKERN_FIELD(out_stride_c)
+                                             PERFKERN_FIELD(source) PERFKERN_FIELD(mode) PERFKERN_FIELD(dtype)
+                                                 PERFKERN_FIELD(device),
+                 "out = alpha (E - e_mean) + beta (V - v_mean); source 0 coefficients, 1 upstream, 2 cascade.");
+  }
+  {
+    using P = perfkern_dendrite_state_update_params_t;
+    def_launcher(m, "dendrite_state_update", perfkern_dendrite_state_update,
+                 Fields<P>() PERFKERN_MOMENTS(batch) PERFKERN_MOMENTS(running) PERFKERN_MOMENTS(epoch)
+                     PERFKERN_FIELD(running_score) PERFKERN_FIELD(batch_number) PERFKERN_FIELD(window)
+                         PERFKERN_FIELD(beta) PERFKERN_FIELD(layers) PERFKERN_FIELD(c) PERFKERN_FIELD(n)
+                             PERFKERN_FIELD(mode) PERFKERN_FIELD(device),
+                 "Fold batch_* into running_* (and epoch_*) in place, as CorrelationState.fold.");
+  }
+}
+
+#undef PERFKERN_MOMENTS
 #undef PERFKERN_FIELD
 
 }  // namespace
@@ -287,4 +342,5 @@ PYBIND11_MODULE(PERFKERN_PYTHON_MODULE, m) {
         "dict(name, major, minor, multiprocessor_count, total_global_mem) of a device.");
   def_sparse24(m);
   def_pera(m);
+  def_dendrite(m);
 }

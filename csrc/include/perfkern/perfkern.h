@@ -386,6 +386,137 @@ PERFKERN_API perfkern_status_t perfkern_pera_backward_workspace_size(const perfk
 PERFKERN_API perfkern_status_t perfkern_pera_backward(const perfkern_pera_backward_params_t* params,
                                                       cudaStream_t stream);
 
+/* Dendrite-error correlation (Cascade-Correlation statistics, batched over layers). For candidate outputs
+ * V [layers, p, c, n] and the neurons' errors E [layers, p, n], per (layer, candidate, neuron), population
+ * statistics over the p tokens:
+ *   v_mean = mean V   e_mean = mean E   cov = mean (V - v_mean)(E - e_mean)
+ *   v_var = mean (V - v_mean)^2          e_var = mean (E - e_mean)^2
+ * computed stably: every sum is of values shifted by the layer's first token, in chunks whose centred sums are
+ * merged with the pairwise formulas of Chan, Golub & LeVeque; nothing mixes neurons, so a NaN stays in its own.
+ * The score is cov (COVARIANCE) or cov / sqrt(v_var e_var) (PEARSON; 0 where that is 0, NaN kept). */
+typedef enum { PERFKERN_DENDRITE_COVARIANCE = 0, PERFKERN_DENDRITE_PEARSON = 1 } perfkern_dendrite_mode_t;
+
+/* One set of statistics, fp32, contiguous: v_mean, cov, v_var [layers, c, n]; e_mean, e_var [layers, n];
+ * count: the tokens they cover (a host value). */
+typedef struct {
+  float* v_mean;
+  float* cov;
+  float* v_var;
+  float* e_mean;
+  float* e_var;
+  double count;
+} perfkern_dendrite_moments_t;
+
+/* values [layers, p, c, n] (strides values_stride_l, _p, _c; unit along n), errors [layers, p, n] (strides
+ * errors_stride_l, _p), one dtype of F32/F16/BF16 -> stats (all five written; its count is not read), score
+ * [layers, c, n] fp32 (or NULL). One launch over all layers reads V and E once; when the layers, candidates and
+ * neurons alone are too few to fill a GPU the tokens are split too, the parts merged by a second launch in a
+ * fixed order (deterministic), through workspace (perfkern_dendrite_correlation_workspace_size bytes, 16-byte
+ * aligned; NULL with 0 bytes: no split). p >= 1, c >= 1. */
+typedef struct {
+  const void* values;
+  const void* errors;
+  perfkern_dendrite_moments_t stats;
+  float* score;
+  void* workspace;
+  int64_t workspace_bytes;
+  int64_t layers;
+  int64_t p;
+  int64_t c;
+  int64_t n;
+  int64_t values_stride_l;
+  int64_t values_stride_p;
+  int64_t values_stride_c;
+  int64_t errors_stride_l;
+  int64_t errors_stride_p;
+  perfkern_dendrite_mode_t mode;
+  perfkern_dtype_t dtype;
+  int device;
+} perfkern_dendrite_correlation_params_t;
+
+PERFKERN_API perfkern_status_t perfkern_dendrite_correlation_workspace_size(
+    const perfkern_dendrite_correlation_params_t* params, int64_t* bytes);
+PERFKERN_API perfkern_status_t perfkern_dendrite_correlation(const perfkern_dendrite_correlation_params_t* params,
+                                                             cudaStream_t stream);
+
+/* The candidate gradient, one streaming pass over V and E:
+ *   out [layers, p, c, n] = alpha (.) (E - e_mean) + beta (.) (V - v_mean)
+ * with per-(layer, c, n) coefficients from one of three sources:
+ *   COEFFICIENTS  alpha, beta [layers, c, n] given (beta NULL: 0, and V is not read);
+ *   UPSTREAM      from g = upstream [layers, c, n], the gradient of a loss with respect to the score of `batch`:
+ *                 covariance: alpha = g / p, beta = 0; Pearson: with sd = sqrt(v_var e_var), alpha = g / (p sd),
+ *                 beta = -g score / (p v_var), both 0 where sd = 0;
+ *   CASCADE       as UPSTREAM with g = -sign(upstream), where upstream is the running score (Cascade-Correlation:
+ *                 the descent direction of -sum |score|), and every non-finite result written as 0 (a NaN error
+ *                 stays out of the candidates, which share their inputs).
+ * batch: the statistics of the tokens the score covers (from perfkern_dendrite_correlation; count = p of the
+ * score, which may exceed this call's p when several calls or ranks make up the batch); e_mean and v_mean are
+ * always read, cov, v_var, e_var for UPSTREAM/CASCADE. out has values' dtype, strides out_stride_l, _p, _c,
+ * unit along n. */
+typedef enum {
+  PERFKERN_DENDRITE_GRAD_COEFFICIENTS = 0,
+  PERFKERN_DENDRITE_GRAD_UPSTREAM = 1,
+  PERFKERN_DENDRITE_GRAD_CASCADE = 2
+} perfkern_dendrite_grad_source_t;
+
+typedef struct {
+  const void* values;
+  const void* errors;
+  perfkern_dendrite_moments_t batch;
+  const float* alpha;
+  const float* beta;
+  const float* upstream;
+  void* out;
+  int64_t layers;
+  int64_t p;
+  int64_t c;
+  int64_t n;
+  int64_t values_stride_l;
+  int64_t values_stride_p;
+  int64_t values_stride_c;
+  int64_t errors_stride_l;
+  int64_t errors_stride_p;
+  int64_t out_stride_l;
+  int64_t out_stride_p;
+  int64_t out_stride_c;
+  perfkern_dendrite_grad_source_t source;
+  perfkern_dendrite_mode_t mode;
+  perfkern_dtype_t dtype;
+  int device;
+} perfkern_dendrite_grad_params_t;
+
+PERFKERN_API perfkern_status_t perfkern_dendrite_grad(const perfkern_dendrite_grad_params_t* params,
+                                                      cudaStream_t stream);
+
+/* Folds one batch's statistics into the running state of a dendrite phase, in place (the semantics of
+ * perfkern.dendrites.CorrelationState.fold):
+ *   running: f = batch.count / max(1, running.count + batch.count) for batch_number <= window (the cumulative
+ *            statistics of every token so far), f = 1 - beta afterwards (an exponential average);
+ *   epoch:   f = batch.count / max(1, epoch.count + batch.count) (cumulative; NULL pointers: no epoch state);
+ * each merged as a mixture of weights (1 - f, f): delta = mean_b - mean_a, mean = mean_a + f delta,
+ * var = (1 - f) var_a + f var_b + f (1 - f) delta^2, cov = (1 - f) cov_a + f cov_b + f (1 - f) delta_v delta_e.
+ * An entry whose merged value is not finite keeps its old value, and a batch of count 0 changes nothing, so one
+ * bad batch does not poison a neuron. running_score [layers, c, n] (or NULL) receives the updated running score.
+ * The counts are host values: the caller adds batch.count to running.count and epoch.count afterwards.
+ * batch_number: this batch's number in the phase, from 1. */
+typedef struct {
+  perfkern_dendrite_moments_t batch;
+  perfkern_dendrite_moments_t running;
+  perfkern_dendrite_moments_t epoch;
+  float* running_score;
+  int64_t batch_number;
+  int64_t window;
+  double beta;
+  int64_t layers;
+  int64_t c;
+  int64_t n;
+  perfkern_dendrite_mode_t mode;
+  int device;
+} perfkern_dendrite_state_update_params_t;
+
+PERFKERN_API perfkern_status_t perfkern_dendrite_state_update(const perfkern_dendrite_state_update_params_t* params,
+                                                              cudaStream_t stream);
+
 #ifdef __cplusplus
 }
 #endif
