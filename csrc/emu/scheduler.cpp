@@ -329,6 +329,9 @@ void worker_main(Launch& L) {
   b.warps.resize(static_cast<size_t>((L.block_threads + 31) / 32));
   for (size_t i = 0; i < b.warps.size(); ++i) {
     b.warps[i].index = static_cast<int>(i);
+    for (int lane = 0; lane < 32 && static_cast<int>(i) * 32 + lane < L.block_threads; ++lane) {
+      b.warps[i].existing.set(static_cast<size_t>(lane));
+    }
   }
   b.warpgroups.resize(static_cast<size_t>((L.block_threads + 127) / 128));
   for (size_t i = 0; i < b.warpgroups.size(); ++i) {
@@ -437,14 +440,7 @@ void make_runnable(Block& b, Thread* t) {
   b.runnable.push_back(t);
 }
 
-Members warp_members(const Block& b, int warp) {
-  Members m;
-  const int total = static_cast<int>(b.threads->size());
-  for (int lane = 0; lane < 32 && warp * 32 + lane < total; ++lane) {
-    m.set(static_cast<size_t>(lane));
-  }
-  return m;
-}
+Members warp_members(const Block& b, int warp) { return b.warps[static_cast<size_t>(warp)].existing; }
 
 void** arrive(Group& group, int member, const Members& expected, const char* name, int param, void* slot) {
   const int size = group.size;
@@ -458,8 +454,8 @@ void** arrive(Group& group, int member, const Members& expected, const char* nam
   Collective* c = nullptr;
   for (Collective& a : group.active) {
     const size_t m = static_cast<size_t>(member);
-    if (a.expected[m] && !a.arrived[m] && a.param == param && a.expected == expected &&
-        std::strcmp(a.name, name) == 0) {
+    if (a.expected[m] && !a.arrived[m] && a.param == param && (a.name == name || std::strcmp(a.name, name) == 0) &&
+        a.expected == expected) {
       c = &a;
       break;
     }
