@@ -14,7 +14,8 @@ import pytest
 import torch
 from tolerances import assert_within_torch_error
 
-from perfkern import _dispatch, _ext
+import perfkern
+from perfkern import _dispatch, _ext, sparsity
 from perfkern.ops import sparse24 as ops
 from perfkern.reference import sparse24 as ref
 
@@ -141,3 +142,48 @@ except RuntimeError as err:
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "refused"
+
+
+def _documented_mma_layout(meta: torch.Tensor) -> torch.Tensor:
+    """The metadata layout of perfkern_sparse24_meta_to_mma as perfkern.h documents it: in blocks of 32 rows x 32 K
+    columns, word ((b * meta_cols/2 + s) * 32 + lane), lane = 4g + t, holds canonical meta[r, c] (low 16 bits) and
+    meta[r + 8, c] (high 16 bits), r = 32b + 16 (t / 2) + g, c = 2s + t % 2; rows past the matrix read 0x4444."""
+    rows, cols = meta.shape
+    blocks = -(-rows // 32)
+    padded = torch.full((blocks * 32, cols), 0x4444, dtype=torch.int64)
+    padded[:rows] = meta.long() & 0xFFFF
+    words = torch.empty(blocks, cols // 2, 32, dtype=torch.int64)
+    b = torch.arange(blocks)[:, None]
+    s = torch.arange(cols // 2)[None, :]
+    for lane in range(32):
+        g, t = divmod(lane, 4)
+        r = 32 * b + 16 * (t // 2) + g
+        c = 2 * s + t % 2
+        words[:, :, lane] = padded[r, c] | (padded[r + 8, c] << 16)
+    return words.flatten()
+
+
+@pytest.mark.parametrize("rows,meta_cols", [(40, 6), (64, 2), (7, 4)], ids=["N40-K96", "N64-K32", "N7-K64"])
+def test_meta_to_mma_matches_the_documented_layout(dev, rows, meta_cols):
+    meta = torch.randint(-(2**15), 2**15, (rows, meta_cols), dtype=torch.int16, device=dev)
+    words = ops._mma_meta(meta)
+    assert words.numel() == _ext.extension().sparse24_mma_meta_size(rows, meta_cols)
+    got = words.cpu().view(torch.int32).long() & 0xFFFFFFFF
+    assert torch.equal(got, _documented_mma_layout(meta.cpu()))
+
+
+def test_format_kernels_loop_over_the_grid(dev):
+    """More 16-column chunks (2100 x 16) than a launch of the emulated device has threads (4 SMs x 8 blocks x 4
+    waves x 256): the format kernels' grid-stride loops take a second turn."""
+    w = torch.randn(2100, 256, device=dev).to(torch.bfloat16)
+    with perfkern.use_backend("cuda"):
+        values, meta = sparsity.compress_2to4(w, strict=False)
+        dense = sparsity.decompress_2to4(values, meta)
+        gathered = sparsity.gather_2to4(w, meta)
+    expected_values, expected_meta = ref.compress_2to4(w.cpu())
+    assert torch.equal(meta.cpu(), expected_meta)
+    assert torch.equal(values.cpu().view(torch.int16), expected_values.view(torch.int16))
+    assert torch.equal(
+        dense.cpu().view(torch.int16), ref.decompress_2to4(expected_values, expected_meta).view(torch.int16)
+    )
+    assert torch.equal(gathered.cpu().view(torch.int16), ref.gather_2to4(w.cpu(), expected_meta).view(torch.int16))
