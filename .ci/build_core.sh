@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Builds the torch-free core with CMake (no Python module) and installs it to a temporary prefix, then
 # builds and runs the examples/cpp consumer against that prefix through find_package(perfkern). The core is
-# built twice: the CUDA flavour (archs 80;90a) and the CPU-only flavour (PERFKERN_CUDA=OFF, as on a machine
-# without the CUDA toolkit). Without a GPU the consumer reports "no CUDA device" and exits 0.
+# built three times: the CUDA flavour (archs 80;90a), the emulated flavour (PERFKERN_EMULATE=ON: the CUDA
+# kernels executed on the CPU) and the CPU-only flavour (PERFKERN_CUDA=OFF); the last two as on a machine
+# without the CUDA toolkit. Without a GPU the CUDA consumer reports "no CUDA device" and exits 0; against the
+# emulated core the consumer's round trip runs on the emulated device, on host memory.
+#   .ci/build_core.sh [FLAVOUR...]    # cuda, emulated, cpu (default: all three)
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -47,9 +50,22 @@ build_and_consume() {
   out="$("${work}/example-${flavor}/perfkern_example")"
   echo "${out}"
   grep -q "(${flavor} build" <<<"${out}"
+  if [[ "${flavor}" == emulated ]]; then
+    grep -q "round trip OK" <<<"${out}"
+  fi
 }
 
-build_and_consume cuda -DPERFKERN_CUDA=ON "-DPERFKERN_CUDA_ARCHS=${archs}"
-# The CPU-only flavour must configure and build with no CUDA toolkit in sight: hide nvcc from CMake.
-build_and_consume cpu -DPERFKERN_CUDA=OFF -DCMAKE_CUDA_COMPILER=/nonexistent
-echo "build_core: OK"
+flavors=("$@")
+if [[ ${#flavors[@]} -eq 0 ]]; then
+  flavors=(cuda emulated cpu)
+fi
+for flavor in "${flavors[@]}"; do
+  case "${flavor}" in
+    cuda) build_and_consume cuda -DPERFKERN_CUDA=ON "-DPERFKERN_CUDA_ARCHS=${archs}" ;;
+    # The emulated and CPU-only flavours must configure and build with no CUDA toolkit in sight: hide nvcc.
+    emulated) build_and_consume emulated -DPERFKERN_EMULATE=ON -DCMAKE_CUDA_COMPILER=/nonexistent ;;
+    cpu) build_and_consume cpu -DPERFKERN_CUDA=OFF -DCMAKE_CUDA_COMPILER=/nonexistent ;;
+    *) echo "unknown flavour '${flavor}' (cuda, emulated, cpu)" >&2; exit 2 ;;
+  esac
+done
+echo "build_core: OK (${flavors[*]})"

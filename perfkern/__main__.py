@@ -30,11 +30,7 @@ def info() -> None:
     except ImportError:
         triton_version = "not installed"
     print(f"triton {triton_version}  TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '0')}")
-    module = _ext.extension()
-    if module is None:
-        print(f"perfkern._C: {_ext.unavailable_reason()}")
-    else:
-        print(f"perfkern._C {module.version()} built for sm_{module.cuda_archs().replace(';', ', sm_')}")
+    print(_ext.describe())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         print(f"device: {torch.cuda.get_device_name()} (sm_{''.join(map(str, torch.cuda.get_device_capability()))})")

@@ -7,7 +7,8 @@ cuBLAS fallback per shape and runs the fastest. A backend named explicitly that 
 of falling back. ``last_backend()`` says what ran (``"dense"`` for the fallback).
 
 On CPU tensors the reference runs, except under ``TRITON_INTERPRET=1`` where the Triton kernels run in the
-interpreter (that is how the test suite exercises them without a GPU).
+interpreter (that is how the test suite exercises them without a GPU). Under ``PERFKERN_EMULATE`` the ``cuda``
+backend runs the emulated CUDA core on CPU tensors when asked for by name; ``auto`` never picks it.
 """
 
 from __future__ import annotations
@@ -74,6 +75,10 @@ def _triton_import_error() -> str | None:
 
 
 def _cuda_unavailable_reason(device: torch.device) -> str | None:
+    if _ext.emulated():
+        if device.type != "cpu":
+            return f"under PERFKERN_EMULATE the cuda backend runs the emulated core on CPU tensors, got {device.type}"
+        return _ext.unavailable_reason()
     if device.type != "cuda":
         return f"the cuda backend runs on CUDA tensors, got a {device.type} tensor"
     return _ext.unavailable_reason()
@@ -158,7 +163,11 @@ def select(impls: OpImpls, device: torch.device, args: tuple = ()) -> str:
         return requested
     if device.type == "cpu" and not triton_interpret():
         return "reference"
-    available = [b for b in impls.preference if impls.has(b) and unavailable_reason(b, device) is None]
+    # The cuda backend on a CPU tensor is the emulated core: it proves kernels correct, never runs them for speed.
+    available = [
+        b for b in impls.preference
+        if impls.has(b) and unavailable_reason(b, device) is None and (b != "cuda" or device.type == "cuda")
+    ]  # fmt: skip
     if impls.tuning is not None and device.type == "cuda":
         names = [*available, "dense"] if impls.has("dense") else available
         return _autotune.choose(impls.name, impls.tuning, device, args, {b: impls.get(b) for b in names})

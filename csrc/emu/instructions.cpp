@@ -202,9 +202,9 @@ void issue_wgmma(Warpgroup& wg, void** slots, Dtype type, int n, int k, bool spa
   op->reads.clear();
   op->result.assign(static_cast<size_t>(128) * op->regs, 0.0f);
 
-  // A as a dense 64 x k matrix of floats (zeros where 2:4 sparsity keeps nothing).
-  const int stored_k = sparse ? k / 2 : k;
-  std::vector<float> a(static_cast<size_t>(64) * k, 0.0f);
+  // A as 16 stored values per row and the K index of each (the metadata's for sparse A; the entries 2:4
+  // sparsity leaves out are not multiplied, as on the hardware).
+  const int stored_k = 16;
   std::vector<uint16_t> a_bits;
   if (a_in_regs) {
     // The m16n8k16 A fragment of each warp's 16 rows.
@@ -223,6 +223,12 @@ void issue_wgmma(Warpgroup& wg, void** slots, Dtype type, int n, int k, bool spa
     const Descriptor da = decode_descriptor(s0->a_desc, what, "A");
     read_operand(da, 64, static_cast<uint32_t>(stored_k) * 2, what, "A", a_bits, op->reads);
   }
+  std::vector<float> a(static_cast<size_t>(64) * stored_k);
+  std::vector<int> k_of(static_cast<size_t>(64) * stored_k);
+  for (size_t i = 0; i < a.size(); ++i) {
+    a[i] = to_float(type, a_bits[i]);
+    k_of[i] = static_cast<int>(i % stored_k);
+  }
   if (sparse) {
     for (int row = 0; row < 64; ++row) {
       const int warp = row / 16;
@@ -237,16 +243,10 @@ void issue_wgmma(Warpgroup& wg, void** slots, Dtype type, int n, int k, bool spa
           int idx[2];
           decode_nibble((e >> bit) & 0xfu, what, 32 * warp + lane, bit, row, 16 * h + 4 * q, idx);
           for (int z = 0; z < 2; ++z) {
-            const int stored = 8 * h + 2 * q + z;
-            a[static_cast<size_t>(row) * k + 16 * h + 4 * q + idx[z]] =
-                to_float(type, a_bits[static_cast<size_t>(row) * stored_k + stored]);
+            k_of[static_cast<size_t>(row) * stored_k + 8 * h + 2 * q + z] = 16 * h + 4 * q + idx[z];
           }
         }
       }
-    }
-  } else {
-    for (size_t i = 0; i < a.size(); ++i) {
-      a[i] = to_float(type, a_bits[i]);
     }
   }
   std::vector<uint16_t> b_bits;
@@ -282,10 +282,11 @@ void issue_wgmma(Warpgroup& wg, void** slots, Dtype type, int n, int k, bool spa
       const int row = 16 * warp + (lane >> 2) + 8 * ((j >> 1) & 1);
       const int col = 8 * (j >> 2) + 2 * (lane & 3) + (j & 1);
       double acc = c;
-      const float* ar = &a[static_cast<size_t>(row) * k];
+      const float* ar = &a[static_cast<size_t>(row) * stored_k];
+      const int* kr = &k_of[static_cast<size_t>(row) * stored_k];
       const float* bc = &b[static_cast<size_t>(col) * k];
-      for (int kk = 0; kk < k; ++kk) {
-        acc += static_cast<double>(ar[kk]) * bc[kk];
+      for (int s = 0; s < stored_k; ++s) {
+        acc += static_cast<double>(ar[s]) * bc[kr[s]];
       }
       op->result[static_cast<size_t>(m) * op->regs + j] = static_cast<float>(acc);
     }
@@ -507,8 +508,11 @@ void gather_b(void** slots, Dtype type, int k, float b[32][8]) {
   }
 }
 
-// D = A B + C; accumulator i of lane l is at row l/4 + 8 (i >> 1), column 2 (l % 4) + (i & 1).
-void scatter_d(void** slots, const float a[16][32], const float b[32][8], int k) {
+// D = A B + C with A as 16 stored values per row and the K index of each (the identity for dense A; for sparse A
+// the metadata's: the entries 2:4 sparsity leaves out are not multiplied, as on the hardware, so a NaN or inf in
+// a row of B that no metadata names does not reach D). Accumulator i of lane l is at row l/4 + 8 (i >> 1),
+// column 2 (l % 4) + (i & 1).
+void scatter_d(void** slots, const float a[16][16], const int k_of[16][16], const float b[32][8]) {
   float out[32][4];
   for (int l = 0; l < 32; ++l) {
     const float* c = static_cast<MmaSlot*>(slots[l])->d;
@@ -516,8 +520,8 @@ void scatter_d(void** slots, const float a[16][32], const float b[32][8], int k)
       const int row = (l >> 2) + 8 * (i >> 1);
       const int col = 2 * (l & 3) + (i & 1);
       double acc = c[i];
-      for (int kk = 0; kk < k; ++kk) {
-        acc += static_cast<double>(a[row][kk]) * b[kk][col];
+      for (int s = 0; s < 16; ++s) {
+        acc += static_cast<double>(a[row][s]) * b[k_of[row][s]][col];
       }
       out[l][i] = static_cast<float>(acc);
     }
@@ -550,13 +554,15 @@ void mma_m16n8k16(Dtype type, float (&d)[4], const uint32_t (&a)[4], const uint3
              const Dtype t = static_cast<Dtype>(param);
              float a16[16][16];
              gather_a16(slots, t, a16);
-             float a32[16][32] = {};
+             int k_of[16][16];
              for (int r = 0; r < 16; ++r) {
-               std::memcpy(a32[r], a16[r], sizeof(a16[r]));
+               for (int s = 0; s < 16; ++s) {
+                 k_of[r][s] = s;
+               }
              }
              float bm[32][8] = {};
              gather_b(slots, t, 16, bm);
-             scatter_d(slots, a32, bm, 16);
+             scatter_d(slots, a16, k_of, bm);
            });
 }
 
@@ -574,8 +580,9 @@ void mma_sp_m16n8k32(Dtype type, float (&d)[4], const uint32_t (&a)[4], const ui
              float stored[16][16];
              gather_a16(slots, t, stored);
              // Row r's metadata: lane 4 (r % 8) + 2 sel + h holds K columns 16h..16h+15, row r in bits 0-15 when
-             // r < 8 and bits 16-31 otherwise, chunk q (4 columns) in bits 4q..4q+3 of that half.
-             float a32[16][32] = {};
+             // r < 8 and bits 16-31 otherwise, chunk q (4 columns) in bits 4q..4q+3 of that half; stored values
+             // 8h + 2q and 8h + 2q + 1 are the chunk's entries at its two indices.
+             int k_of[16][16];
              for (int r = 0; r < 16; ++r) {
                for (int h = 0; h < 2; ++h) {
                  const int lane = 4 * (r % 8) + 2 * sel + h;
@@ -585,14 +592,14 @@ void mma_sp_m16n8k32(Dtype type, float (&d)[4], const uint32_t (&a)[4], const ui
                    int idx[2];
                    decode_nibble((e >> bit) & 0xfu, what, lane, bit, r, 16 * h + 4 * q, idx);
                    for (int z = 0; z < 2; ++z) {
-                     a32[r][16 * h + 4 * q + idx[z]] = stored[r][8 * h + 2 * q + z];
+                     k_of[r][8 * h + 2 * q + z] = 16 * h + 4 * q + idx[z];
                    }
                  }
                }
              }
              float bm[32][8];
              gather_b(slots, t, 32, bm);
-             scatter_d(slots, a32, bm, 32);
+             scatter_d(slots, stored, k_of, bm);
            });
 }
 

@@ -81,6 +81,7 @@ struct Group {
   const char* scope = "warp";
   int index = 0;
   int size = 32;
+  Members existing;  // the members the block has (the last warp of a block may be partial)
   std::vector<Collective> active;
 };
 

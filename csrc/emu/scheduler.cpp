@@ -54,6 +54,20 @@ std::string members_str(const Members& m, int limit) {
   return out.empty() ? "none" : out;
 }
 
+// "0-3,7" for the sorted ids 0, 1, 2, 3, 7.
+std::string ranges_str(const std::vector<int>& ids) {
+  std::string out;
+  for (size_t i = 0; i < ids.size();) {
+    size_t j = i;
+    while (j + 1 < ids.size() && ids[j + 1] == ids[j] + 1) {
+      ++j;
+    }
+    out += (out.empty() ? "" : ",") + std::to_string(ids[i]) + (j > i ? "-" + std::to_string(ids[j]) : "");
+    i = j + 1;
+  }
+  return out;
+}
+
 std::string dim_str(const uint3& d) {
   return "(" + std::to_string(d.x) + ", " + std::to_string(d.y) + ", " + std::to_string(d.z) + ")";
 }
@@ -183,21 +197,28 @@ std::string deadlock_report(const Block& b) {
     if (bar.arrived == 0) {
       continue;
     }
-    const int total = static_cast<int>(b.threads->size());
     std::string name = id == 0 && bar.expected == 0 ? "__syncthreads" : "bar.sync " + std::to_string(id);
-    std::string others;
+    // The threads that are not there, by what they do instead.
+    std::vector<std::pair<std::string, std::vector<int>>> others;
     for (const Thread& t : *b.threads) {
       if (std::find(bar.waiters.begin(), bar.waiters.end(), &t) != bar.waiters.end()) {
         continue;
       }
-      if (t.state == ThreadState::kBlocked && others.size() < 200) {
-        others += (others.empty() ? "" : ", ") + std::string("thread ") + std::to_string(t.linear) + " waits at " +
-                  (t.waiting_at ? t.waiting_at : "?");
+      const std::string why = t.state == ThreadState::kDone ? "exited"
+                              : std::string("wait at ") + (t.waiting_at ? t.waiting_at : "?");
+      auto it = std::find_if(others.begin(), others.end(), [&](const auto& o) { return o.first == why; });
+      if (it == others.end()) {
+        others.emplace_back(why, std::vector<int>());
+        it = others.end() - 1;
       }
+      it->second.push_back(t.linear);
+    }
+    std::string rest;
+    for (const auto& o : others) {
+      rest += (rest.empty() ? "; threads " : ", threads ") + ranges_str(o.second) + " " + o.first;
     }
     out += std::string(out.empty() ? "" : " | ") + name + ": " + std::to_string(bar.arrived) + " of " +
-           std::to_string(bar.expected == 0 ? b.live : bar.expected) + " threads arrived (of " +
-           std::to_string(total) + ")" + (others.empty() ? "" : "; " + others);
+           std::to_string(bar.expected == 0 ? b.live : bar.expected) + " threads arrived" + rest;
   }
   return out.empty() ? "no thread can run" : out;
 }
@@ -308,6 +329,9 @@ void worker_main(Launch& L) {
   b.warps.resize(static_cast<size_t>((L.block_threads + 31) / 32));
   for (size_t i = 0; i < b.warps.size(); ++i) {
     b.warps[i].index = static_cast<int>(i);
+    for (int lane = 0; lane < 32 && static_cast<int>(i) * 32 + lane < L.block_threads; ++lane) {
+      b.warps[i].existing.set(static_cast<size_t>(lane));
+    }
   }
   b.warpgroups.resize(static_cast<size_t>((L.block_threads + 127) / 128));
   for (size_t i = 0; i < b.warpgroups.size(); ++i) {
@@ -416,14 +440,7 @@ void make_runnable(Block& b, Thread* t) {
   b.runnable.push_back(t);
 }
 
-Members warp_members(const Block& b, int warp) {
-  Members m;
-  const int total = static_cast<int>(b.threads->size());
-  for (int lane = 0; lane < 32 && warp * 32 + lane < total; ++lane) {
-    m.set(static_cast<size_t>(lane));
-  }
-  return m;
-}
+Members warp_members(const Block& b, int warp) { return b.warps[static_cast<size_t>(warp)].existing; }
 
 void** arrive(Group& group, int member, const Members& expected, const char* name, int param, void* slot) {
   const int size = group.size;
@@ -431,33 +448,25 @@ void** arrive(Group& group, int member, const Members& expected, const char* nam
     fault(cudaErrorLaunchFailure, "%s: the mask %s of %s %d does not include the calling member %d", name,
           members_str(expected, size).c_str(), group.scope, group.index, member);
   }
+  // The member joins the collective of this kind and mask that waits for it (the oldest, if several); other
+  // collectives that expect it are ones it has yet to reach. A collective that can never complete is reported
+  // when the block deadlocks.
   Collective* c = nullptr;
   for (Collective& a : group.active) {
-    if (a.expected[static_cast<size_t>(member)]) {
+    const size_t m = static_cast<size_t>(member);
+    if (a.expected[m] && !a.arrived[m] && a.param == param && (a.name == name || std::strcmp(a.name, name) == 0) &&
+        a.expected == expected) {
       c = &a;
       break;
     }
   }
   if (c == nullptr) {
-    for (const Collective& a : group.active) {
-      if ((a.expected & expected).any()) {
-        fault(cudaErrorLaunchFailure,
-              "%s in %s %d: member %d arrives with mask %s while members %s wait at %s (mask %s)", name,
-              group.scope, group.index, member, members_str(expected, size).c_str(),
-              members_str(a.arrived, size).c_str(), a.name, members_str(a.expected, size).c_str());
-      }
-    }
     group.active.emplace_back();
     c = &group.active.back();
     c->name = name;
     c->param = param;
     c->expected = expected;
     c->base = group.index * size;
-  } else if (std::strcmp(c->name, name) != 0 || c->param != param || c->expected != expected) {
-    fault(cudaErrorLaunchFailure,
-          "%s %d: member %d reaches %s (mask %s, parameter %d) while members %s wait at %s (mask %s, parameter %d)",
-          group.scope, group.index, member, name, members_str(expected, size).c_str(), param,
-          members_str(c->arrived, size).c_str(), c->name, members_str(c->expected, size).c_str(), c->param);
   }
   c->arrived.set(static_cast<size_t>(member));
   c->slots[static_cast<size_t>(member)] = slot;

@@ -56,7 +56,7 @@ def _launch(name: str, device: torch.device, **fields) -> None:
     """Run the core's launcher ``name`` on the current stream of ``device``; tensors are passed as pointers, None
     as NULL."""
     fields = {key: _ptr(v) if v is None or isinstance(v, torch.Tensor) else v for key, v in fields.items()}
-    getattr(_ext.require(), name)(stream=_ext.stream_of(device), device=device.index, **fields)
+    getattr(_ext.require(), name)(stream=_ext.stream_of(device), device=_ext.device_index(device), **fields)
 
 
 def _cuda_compress(src, values, meta, mask):
