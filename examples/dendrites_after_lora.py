@@ -2,8 +2,10 @@
 
 A small MLP is trained on task A, frozen, and adapted to task B with PEFT LoRA for ``--lora-epochs``. From that
 point two runs continue for ``--extra-epochs`` more: the control keeps training LoRA alone; the other wraps every
-LoRA layer in a ``DendriteLayer`` and lets ``DendriteTrainer`` alternate neuron and dendrite phases. Both see the
-same batches and epochs; the table reports final validation losses, whichever wins.
+LoRA layer in a ``DendriteLayer`` and lets ``DendriteTrainer`` alternate neuron and dendrite phases, both with
+their defaults (the settings ``dendrite_study.py`` recommends). Both see the same batches and epochs; the table
+reports final validation losses and parameter counts, whichever wins. ``dendrite_study.py`` adds the baseline
+that matters more: LoRA with extra rank of the same parameter count.
 
     python examples/dendrites_after_lora.py [--seeds 3] [--lora-epochs 15] [--extra-epochs 30]
 """
@@ -75,6 +77,7 @@ def main() -> None:
     x_val, y_val = data(teacher(2), 2048, 21)
 
     results = {"LoRA": [], "LoRA + dendrites": []}
+    params = {"LoRA": [], "LoRA + dendrites": []}
     for seed in range(args.seeds):
         torch.manual_seed(seed)
         config = LoraConfig(r=args.rank, lora_alpha=args.rank, target_modules=["0", "2", "4"])
@@ -91,24 +94,28 @@ def main() -> None:
         results["LoRA"].append(val_loss(control, x_val, y_val))
 
         grown = copy.deepcopy(lora)
-        layers = add_dendrites(grown, include=lambda name, m: isinstance(m, LoraLayer), candidates=4, rank=2)
-        trainer = DendriteTrainer(grown, layers, lambda ps: torch.optim.Adam(ps, lr=3e-3), patience=2,
-                                  min_improvement=0.01, max_dendrite_epochs=3, max_dendrites=3,
+        layers = add_dendrites(grown, include=lambda name, m: isinstance(m, LoraLayer))
+        trainer = DendriteTrainer(grown, layers, lambda ps: torch.optim.Adam(ps, lr=3e-3),
                                   log=lambda line, s=seed: print(f"  seed {s}: {line}"))  # fmt: skip
         for e in range(args.extra_epochs):
             epoch(grown, x_b, y_b, trainer.step, 1000 + 100 * seed + e)
             trainer.end_epoch(val_loss(grown, x_val, y_val))
         results["LoRA + dendrites"].append(val_loss(grown, x_val, y_val))
+        params["LoRA"].append(sum(p.numel() for p in control.parameters()))
+        params["LoRA + dendrites"].append(sum(p.numel() for p in grown.parameters()))
         dendrites = [layer.num_dendrites for layer in layers]
         print(f"seed {seed}: after {args.lora_epochs} LoRA epochs val MSE {after_lora:.5f}; "
               f"+{args.extra_epochs} epochs: LoRA {results['LoRA'][-1]:.5f}, "
               f"LoRA + dendrites {results['LoRA + dendrites'][-1]:.5f} (dendrites per layer {dendrites})")  # fmt: skip
 
     print(f"\nfinal validation MSE on task B over {args.seeds} seeds (lower is better)")
-    print(f"{'variant':<18} {'mean':>9} {'std':>9} {'min':>9} {'max':>9}")
+    print(f"{'variant':<18} {'mean':>9} {'std':>9} {'min':>9} {'max':>9} {'parameters':>15}")
     for name, losses in results.items():
         std = statistics.stdev(losses) if len(losses) > 1 else 0.0
-        print(f"{name:<18} {statistics.mean(losses):>9.5f} {std:>9.5f} {min(losses):>9.5f} {max(losses):>9.5f}")
+        lo, hi = min(params[name]), max(params[name])
+        span = f"{lo:,}" if lo == hi else f"{lo:,}–{hi:,}"
+        print(f"{name:<18} {statistics.mean(losses):>9.5f} {std:>9.5f} {min(losses):>9.5f} {max(losses):>9.5f} "
+              f"{span:>15}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
 """Dendrite-error correlation (DESIGN §3.5): statistics against a float64 two-pass truth (ill-conditioned case
-included), batched == per layer, gradients against autograd, the running state, the layer and the trainer."""
+included), batched == per layer, gradients against autograd; the merge of statistics and the running state
+against float64 statistics of weighted token populations. The layer and the trainer: test_dendrite_trainer.py."""
 
 import pytest
 import torch
-from torch import nn
 
 import perfkern
-from perfkern.dendrites import CorrelationState, DendriteLayer, DendriteTrainer, add_dendrites
+from perfkern.dendrites import CorrelationState, batch_moments
 from perfkern.ops import dendrite as ops
 from perfkern.reference import dendrite as ref
 
@@ -138,35 +138,94 @@ def test_bad_input_gets_a_clear_error():
         perfkern.dendrite_correlation(values[:0], errors[:0])
 
 
-# The running state.
+# Merging statistics and the running state.
 
 
-def test_state_cumulative_then_ema():
-    torch.manual_seed(0)
-    state = CorrelationState(1, 2, 3, mode="cc", window=3, beta=0.5)
-    batches = [(torch.rand(1, 20, 2, 3), torch.randn(1, 20, 3)) for _ in range(6)]
-    expected = torch.zeros(1, 2, 3)
-    best = torch.zeros(1, 3)
+def _weighted_truth(batches, weights):
+    """float64 statistics of the tokens of all ``batches`` ((values [L, P, C, N], errors [L, P, N]) each), every
+    token of batch b weighing weights[b] / P_b (weights sum to 1): v_mean, e_mean, cov, v_var, e_var."""
+    v = torch.cat([b[0].double() for b in batches], 1)
+    e = torch.cat([b[1].double() for b in batches], 1)
+    w = torch.cat([torch.full((b[0].shape[1],), wb / b[0].shape[1], dtype=torch.float64)
+                   for b, wb in zip(batches, weights, strict=True)])  # fmt: skip
+    wv, we = w.view(1, -1, 1, 1), w.view(1, -1, 1)
+    v_mean, e_mean = (wv * v).sum(1), (we * e).sum(1)
+    dv, de = v - v_mean.unsqueeze(1), e - e_mean.unsqueeze(1)
+    cov = (wv * dv * de.unsqueeze(2)).sum(1)
+    return v_mean, e_mean, cov, (wv * dv * dv).sum(1), (we * de * de).sum(1)
+
+
+def _batches(sizes, c=3, n=5, spread=1.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(0.5 + spread * (torch.rand(1, p, c, n, generator=g) - 0.5), torch.randn(1, p, n, generator=g))
+            for p in sizes]  # fmt: skip
+
+
+def _close(got, want, rtol=1e-5):
+    for name, g, w in zip(["v_mean", "e_mean", "cov", "v_var", "e_var"], got, want, strict=True):
+        torch.testing.assert_close(g.double(), w, atol=rtol * w.abs().max().item(), rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("frac", [None, 0.3], ids=["union", "f0.3"])
+def test_merge_is_the_mixture(frac):
+    """merge(a, b, n_b / (n_a + n_b)) is the statistics of the union (Chan et al.); a constant f weighs b by f."""
+    a, b = _batches([13, 29])
+    f = 29 / 42 if frac is None else frac
+    got = ref.merge(ref.stats(*a), ref.stats(*b), f)
+    _close(got, _weighted_truth([a, b], [1 - f, f]))
+
+
+@pytest.mark.parametrize("spread", [1.0, 2e-4], ids=["spread1", "ill-conditioned"])
+def test_state_cumulative_then_ema(spread):
+    """running = the cumulative statistics of the first ``window`` batches' tokens, then each batch weighs 1 − β;
+    uneven batch sizes weigh by tokens. The ill-conditioned case: candidates at σ(0) with a spread of 1e-4."""
+    window, beta = 3, 0.6
+    batches = _batches([20, 7, 33, 12, 25, 9], spread=spread, seed=1)
+    state = CorrelationState(1, 3, 5, mode="pearson", window=window, beta=beta)
+    weights, seen = [], 0
     for i, (v, e) in enumerate(batches, start=1):
         state.update(v, e)
-        s = ref.dendrite_correlation(v, e, "cc")
-        expected = expected + (s - expected) / i if i <= 3 else 0.5 * expected + 0.5 * s
-        torch.testing.assert_close(state.running, expected, atol=1e-6, rtol=1e-5)
-        candidate_best = expected.abs().amax(1)
-        torch.testing.assert_close(state.improved, candidate_best > best * (1 + state.tol))
-        best = torch.maximum(best, candidate_best)
-        torch.testing.assert_close(state.best, best)
-    assert state.batches == 6
-    assert torch.equal(state.best_candidates(), state.running.abs().argmax(1))
+        seen += v.shape[1]
+        f = v.shape[1] / seen if i <= window else 1 - beta
+        weights = [w * (1 - f) for w in weights] + [f]
+        truth = _weighted_truth(batches[:i], weights)
+        _close(state.running.stats, truth, rtol=1e-5 if spread == 1.0 else 1e-3)
+        score = truth[2] / (truth[3] * truth[4].unsqueeze(1)).sqrt()
+        torch.testing.assert_close(state.score.double(), score, atol=1e-3 if spread < 1 else 1e-5, rtol=0)
+    assert state.batches == 6 and state.running.count.item() == seen
+    assert torch.equal(state.best_candidates(), state.score.abs().argmax(1))
 
 
-def test_state_keeps_a_nan_error_out_of_the_gradient():
+def test_close_epoch_sees_the_whole_epoch():
+    """``improved`` compares the best |score| of the epoch's pooled statistics with the best of earlier epochs."""
+    epochs = [_batches([15, 15, 15], seed=2), _batches([30, 10], seed=3), _batches([8], seed=4)]
+    state = CorrelationState(1, 3, 5, mode="cc", window=2, beta=0.5, tol=0.0)
+    best = torch.zeros(1, 5, dtype=torch.float64)
+    for batches in epochs:
+        for v, e in batches:
+            state.update(v, e)
+        sizes = [v.shape[1] for v, _ in batches]
+        cov = _weighted_truth(batches, [p / sum(sizes) for p in sizes])[2]
+        epoch_best = cov.abs().amax(1)
+        improved = state.close_epoch()
+        assert torch.equal(improved, epoch_best > best), (improved, epoch_best, best)
+        best = torch.maximum(best, epoch_best)
+        torch.testing.assert_close(state.best.double(), best, atol=1e-6, rtol=1e-5)
+        assert state.epoch.count.item() == 0
+    assert not state.close_epoch().any(), "an empty epoch improves nothing"
+
+
+def test_state_keeps_a_nan_error_out():
     values, errors = torch.rand(1, 20, 2, 6), torch.randn(1, 20, 6)
     errors[0, 3, 2] = float("nan")
     state = CorrelationState(1, 2, 6, mode="pearson")
+    state.update(*_batches([20], c=2, n=6)[0])
+    before = [t.clone() for t in state.running.stats]
     grad = state.update(values, errors)
-    assert torch.isfinite(grad).all() and torch.isfinite(state.running).all()
+    assert torch.isfinite(grad).all() and all(torch.isfinite(t).all() for t in state.running.stats)
     assert grad[..., 2].abs().sum() == 0 and grad[..., 1].abs().sum() > 0
+    for got, old in zip(state.running.stats, before, strict=True):
+        torch.testing.assert_close(got[..., 2], old[..., 2])  # the NaN batch left neuron 2 as it was
 
 
 def test_state_gradient_ascends_the_running_score():
@@ -180,78 +239,12 @@ def test_state_gradient_ascends_the_running_score():
     torch.testing.assert_close(fused, values.grad, atol=1e-6, rtol=1e-4)
 
 
-# The layer and the trainer.
-
-
-def _regression(seed=0):
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 4))
-    x = torch.randn(256, 16)
-    return model, x, torch.sin(3 * x[:, :4])
-
-
-def test_layer_is_the_base_until_dendrites_train():
-    model, x, _ = _regression()
-    plain = [m(x) for m in [model]][0].detach()
-    layers = add_dendrites(model, candidates=3, rank=2)
-    assert len(layers) == 2 and all(isinstance(m, DendriteLayer) for m in (model[0], model[2]))
-    torch.testing.assert_close(model(x), plain)
-    best = torch.zeros(32, dtype=torch.long)
-    layers[0].install_best(best)
-    torch.testing.assert_close(model(x), plain)  # w = 0 at install: the function does not jump
-    assert layers[0].num_dendrites == 1 and not layers[0].dendrite_a[0].requires_grad
-    with pytest.raises(TypeError, match="linear-like"):
-        DendriteLayer(nn.Tanh())
-
-
-def test_installed_dendrite_computes_the_chosen_candidates():
-    torch.manual_seed(3)
-    for rank in (2, None):
-        layer = DendriteLayer(nn.Linear(8, 6), candidates=3, rank=rank)
-        x = torch.randn(5, 8)
-        candidates = layer._candidate_values(x).detach()  # [P, C, N]
-        best = torch.tensor([2, 0, 1, 1, 2, 0])
-        layer.install_best(best)
-        with torch.no_grad():
-            layer.dendrite_w[0].fill_(1.0)
-        expected = layer.base(x) + candidates[:, best, torch.arange(6)]
-        torch.testing.assert_close(layer(x), expected, atol=1e-6, rtol=1e-5)
-
-
-def test_trainer_switches_phases_and_reports():
-    model, x, y = _regression()
-    layers = add_dendrites(model, candidates=4, rank=2)
-    lines = []
-    trainer = DendriteTrainer(
-        model, layers, lambda ps: torch.optim.Adam(ps, lr=1e-2), patience=1, min_improvement=0.5,
-        max_dendrite_epochs=2, log=lines.append,
-    )  # fmt: skip
-    base_weight = model[0].base.weight
-    seen_dendrite_phase = False
-    for _ in range(8):
-        for i in range(0, 256, 64):
-            loss = nn.functional.mse_loss(model(x[i : i + 64]), y[i : i + 64])
-            trainer.step(loss)
-            if trainer.phase == "dendrite":
-                seen_dendrite_phase = True
-                assert base_weight.grad is None, "the base is frozen in the dendrite phase"
-                assert layers[0].cand_a.grad is not None and layers[0].cand_a.grad.abs().sum() > 0
-        with torch.no_grad():
-            trainer.end_epoch(nn.functional.mse_loss(model(x), y).item())
-    assert seen_dendrite_phase
-    assert any(line.startswith("dendrite phase") for line in lines)
-    assert any(line.startswith("installed dendrites: per layer [1, 1]") for line in lines)
-    assert all(layer.num_dendrites >= 1 for layer in layers)
-    assert lines == trainer.events
-
-
-def test_wraps_sparse_and_peft_layers():
-    sparse = perfkern.SparseLoRALinear(32, 16, rank=4)
-    layer = DendriteLayer(sparse, candidates=2, rank=2)
-    x = torch.randn(3, 32)
-    torch.testing.assert_close(layer(x), sparse(x))
-    peft = pytest.importorskip("peft")
-    model = peft.get_peft_model(nn.Sequential(nn.Linear(32, 16)), peft.LoraConfig(r=2, target_modules=["0"]))
-    lora_layer = model.base_model.model[0]
-    wrapped = DendriteLayer(lora_layer, candidates=2, rank=2)
-    torch.testing.assert_close(wrapped(x), lora_layer(x))
+def test_candidate_gradient_of_a_split_batch_adds_up():
+    """With the statistics of the whole batch, the gradients of its parts are the whole batch's gradient rows:
+    what each rank computes under data parallelism."""
+    values, errors = torch.rand(1, 40, 3, 5), torch.randn(1, 40, 5)
+    state = CorrelationState(1, 3, 5, mode="pearson")
+    whole = state.update(values, errors)
+    batch = batch_moments(values, errors)
+    parts = [state.candidate_grad(values[:, s], errors[:, s], batch) for s in (slice(0, 17), slice(17, 40))]
+    torch.testing.assert_close(torch.cat(parts, 1), whole)

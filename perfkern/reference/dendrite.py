@@ -13,6 +13,9 @@ E[VE] − E[V]E[E] cancels catastrophically.
 
 Gradients are of the form ∂/∂V = α ⊙ (E − Ē) + β ⊙ (V − V̄) with α, β per (l, c, n): for "cc" α = g/P, β = 0;
 for "pearson" α = g/(P σ_V σ_E), β = −g·score/(P σ_V²), where g is the upstream gradient of the score.
+
+Statistics of two sets of tokens combine without the tokens (``merge``): the running state of the dendrite
+trainer, and the reduction of per-rank batch statistics under data parallelism, are built from it.
 """
 
 from __future__ import annotations
@@ -87,3 +90,32 @@ def grad(
     if beta is not None:
         out = out + beta.unsqueeze(1) * (values.to(acc) - v_mean.unsqueeze(1))
     return out.to(values.dtype)
+
+
+def merge(
+    a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...], frac: torch.Tensor | float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The statistics of a mixture of two populations, weights (1 − f, f), from theirs: ``a`` and ``b`` are each
+    (v_mean [L, C, N], e_mean [L, N], cov [L, C, N], v_var [L, C, N], e_var [L, N]), as ``stats`` returns them::
+
+        δ_v = v_mean_b − v_mean_a                  δ_e = e_mean_b − e_mean_a
+        v_mean = v_mean_a + f·δ_v                  e_mean = e_mean_a + f·δ_e
+        v_var  = (1 − f)·v_var_a + f·v_var_b + f·(1 − f)·δ_v²
+        e_var  = (1 − f)·e_var_a + f·e_var_b + f·(1 − f)·δ_e²
+        cov    = (1 − f)·cov_a   + f·cov_b   + f·(1 − f)·δ_v·δ_e
+
+    With f = n_b / (n_a + n_b) for sets of n_a and n_b tokens this is exactly the statistics of their union: the
+    pairwise update of Chan, Golub & LeVeque (1983), M2 = M2_a + M2_b + δ²·n_a·n_b / n, divided by n. With a
+    constant f it is an exponentially weighted population. ``frac`` is a float or a 0-d tensor."""
+    va, ea, ca, sva, sea = a
+    vb, eb, cb, svb, seb = b
+    keep = 1 - frac
+    spread = frac * keep
+    d_v = vb - va
+    d_e = (eb - ea).unsqueeze(-2)
+    v_mean = va + frac * d_v
+    e_mean = ea + frac * d_e.squeeze(-2)
+    cov = keep * ca + frac * cb + spread * d_v * d_e
+    v_var = keep * sva + frac * svb + spread * d_v * d_v
+    e_var = keep * sea + frac * seb + spread * (d_e * d_e).squeeze(-2)
+    return v_mean, e_mean, cov, v_var, e_var
