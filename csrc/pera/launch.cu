@@ -162,6 +162,21 @@ perfkern_status_t forward(const perfkern_pera_forward_params_t& p, cudaStream_t 
 }
 
 template <typename T>
+perfkern_status_t delta(const perfkern_pera_delta_weight_params_t& p, cudaStream_t stream) {
+  pera::Args<T> a = common_args<T>(nullptr, 0, p.lora_a, p.a_row_stride, p.lora_b, p.b_row_stride, p.h, 0, p.n, p.k,
+                                    p.r, p.mode, p.scale);
+  a.out = p.out;
+  a.out_row_stride = p.out_row_stride;
+  if constexpr (std::is_same<T, float>::value) {
+    return pera::delta_weight_f32(a, stream);
+  } else if constexpr (std::is_same<T, __half>::value) {
+    return pera::delta_weight_f16(a, stream);
+  } else {
+    return pera::delta_weight_bf16(a, stream);
+  }
+}
+
+template <typename T>
 perfkern_status_t backward(const perfkern_pera_backward_params_t& p, const Layout& l, cudaStream_t stream) {
   pera::Args<T> a = common_args<T>(p.x, p.x_row_stride, p.lora_a, p.a_row_stride, p.lora_b, p.b_row_stride, p.h, p.m,
                                     p.n, p.k, p.r, p.mode, p.scale);
@@ -253,6 +268,40 @@ extern "C" perfkern_status_t perfkern_pera_forward(const perfkern_pera_forward_p
       return forward<__half>(p, stream);
     case PERFKERN_DTYPE_BF16:
       return forward<__nv_bfloat16>(p, stream);
+  }
+  return fail(PERFKERN_ERROR_INVALID_VALUE, "dtype: unsupported");
+}
+
+extern "C" perfkern_status_t perfkern_pera_delta_weight(const perfkern_pera_delta_weight_params_t* params,
+                                                        cudaStream_t stream) {
+  PERFKERN_RETURN_IF_ERROR(check_params_ptr(params));
+  const perfkern_pera_delta_weight_params_t& p = *params;
+  PERFKERN_RETURN_IF_ERROR(check_non_negative(p.n, "n"));
+  PERFKERN_RETURN_IF_ERROR(check_non_negative(p.k, "k"));
+  PERFKERN_RETURN_IF_ERROR(check_mode_rank(p.r, p.mode));
+  PERFKERN_RETURN_IF_ERROR(check_dtype(p.dtype));
+  PERFKERN_RETURN_IF_ERROR(check_device_ordinal(p.device));
+  PERFKERN_RETURN_IF_ERROR(check_row_stride(p.a_row_stride, p.k, "k", p.r, "a_row_stride"));
+  PERFKERN_RETURN_IF_ERROR(check_row_stride(p.b_row_stride, p.r, "r", p.n, "b_row_stride"));
+  PERFKERN_RETURN_IF_ERROR(check_row_stride(p.out_row_stride, p.k, "k", p.n, "out_row_stride"));
+  if (p.n == 0 || p.k == 0) {
+    return PERFKERN_SUCCESS;
+  }
+  PERFKERN_RETURN_IF_ERROR(check_non_null(p.lora_a, "lora_a"));
+  PERFKERN_RETURN_IF_ERROR(check_non_null(p.lora_b, "lora_b"));
+  PERFKERN_RETURN_IF_ERROR(check_non_null(p.out, "out"));
+  if (pera::num_pairs(p.r, p.mode) > 0) {
+    PERFKERN_RETURN_IF_ERROR(check_non_null(p.h, "h"));
+  }
+  perfkern::detail::DeviceGuard guard(p.device);
+  PERFKERN_RETURN_IF_ERROR(guard.status());
+  switch (p.dtype) {
+    case PERFKERN_DTYPE_F32:
+      return delta<float>(p, stream);
+    case PERFKERN_DTYPE_F16:
+      return delta<__half>(p, stream);
+    case PERFKERN_DTYPE_BF16:
+      return delta<__nv_bfloat16>(p, stream);
   }
   return fail(PERFKERN_ERROR_INVALID_VALUE, "dtype: unsupported");
 }

@@ -9,6 +9,7 @@
 //
 //   forward   Z = x . Â^T              z_kernel      (reads x once)
 //             out (+)= s Z . B̂^T       out_kernel    (writes out once)
+//   merge     ΔW = s B̂ . Â              delta_kernel
 //   backward  dZ = s G . B̂             dz_kernel
 //             dB̂ = s G^T . Z -> dB     db_kernel     (per split of M, every chunk of r' in turn folded into dB)
 //             dÂ = dZ^T . x -> dA, dh  da_kernel     (same, folded into dA and dh)
@@ -280,6 +281,32 @@ __global__ void __launch_bounds__(Math::Shape::kThreads) out_kernel(const Args<T
   });
 }
 
+// ΔW[n0.., k0..] = s B̂ . Â (the merged weight); grid (k tiles, n tiles).
+template <typename T, class Math>
+__global__ void __launch_bounds__(Math::Shape::kThreads) delta_kernel(const Args<T> a) {
+  PERFKERN_DYNAMIC_SMEM(uint4, smem_u4);
+  unsigned char* smem = reinterpret_cast<unsigned char*>(smem_u4);
+  uint16_t* table = table_at<Math>(smem, 0);
+  build_pairs(table, a.r, a.rh, a.mode);
+  const int64_t k0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kTile;
+  typename Math::Acc acc;
+  Math::zero(acc);
+  const Factors<T> f = factors(a, table);
+  tile::mainloop<Math>(BHatAlongK<T>{f}, AHatAlongRows<T>{f}, n0, k0, 0, a.rh, smem, acc);
+  Math::for_each_pair(acc, [&](int row, int col, float v0, float v1) {
+    const int64_t n = n0 + row;
+    const int64_t k = k0 + col;
+    if (n < a.n && k < a.k) {
+      const int64_t at = n * a.out_row_stride + k;
+      tile::store_elem<T>(a.out, at, a.scale * v0);
+      if (k + 1 < a.k) {
+        tile::store_elem<T>(a.out, at + 1, a.scale * v1);
+      }
+    }
+  });
+}
+
 // ---- backward ------------------------------------------------------------------------------------------
 
 // dZ[m0.., q0..] = s G . B̂; grid (q tiles, m tiles).
@@ -529,6 +556,12 @@ perfkern_status_t forward(const Args<T>& a, cudaStream_t stream) {
 }
 
 template <typename T>
+perfkern_status_t delta_weight(const Args<T>& a, cudaStream_t stream) {
+  using Math = tile::MathFor<T, BHatAlongK<T>, AHatAlongRows<T>>;
+  return launch_grid<T, Math>("pera delta_weight kernel", delta_kernel<T, Math>, tiles(a.k), tiles(a.n), 0, a, stream);
+}
+
+template <typename T>
 perfkern_status_t reduce(const float* part, int64_t parts, int64_t rows, int64_t cols, void* out,
                          int64_t out_row_stride, int device, cudaStream_t stream) {
   if (rows * cols == 0) {
@@ -584,6 +617,9 @@ perfkern_status_t backward(const Args<T>& a, const BackwardWork& w, cudaStream_t
 perfkern_status_t forward_f32(const Args<float>& a, cudaStream_t stream);
 perfkern_status_t forward_f16(const Args<__half>& a, cudaStream_t stream);
 perfkern_status_t forward_bf16(const Args<__nv_bfloat16>& a, cudaStream_t stream);
+perfkern_status_t delta_weight_f32(const Args<float>& a, cudaStream_t stream);
+perfkern_status_t delta_weight_f16(const Args<__half>& a, cudaStream_t stream);
+perfkern_status_t delta_weight_bf16(const Args<__nv_bfloat16>& a, cudaStream_t stream);
 perfkern_status_t backward_f32(const Args<float>& a, const BackwardWork& w, cudaStream_t stream);
 perfkern_status_t backward_f16(const Args<__half>& a, const BackwardWork& w, cudaStream_t stream);
 perfkern_status_t backward_bf16(const Args<__nv_bfloat16>& a, const BackwardWork& w, cudaStream_t stream);

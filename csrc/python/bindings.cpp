@@ -264,6 +264,15 @@ void def_pera(py::module_& m) {
                  "out (+)= scale . (x . A^T) . B^T with A^, B^ generated on chip; z = x . A^T (fp32).");
   }
   {
+    using P = perfkern_pera_delta_weight_params_t;
+    def_launcher(m, "pera_delta_weight", perfkern_pera_delta_weight,
+                 Fields<P>() PERFKERN_FIELD(lora_a) PERFKERN_FIELD(lora_b) PERFKERN_FIELD(h) PERFKERN_FIELD(out)
+                             PERFKERN_FIELD(n) PERFKERN_FIELD(k) PERFKERN_FIELD(r) PERFKERN_FIELD(scale)
+                             PERFKERN_FIELD(a_row_stride) PERFKERN_FIELD(b_row_stride) PERFKERN_FIELD(out_row_stride)
+                             PERFKERN_FIELD(mode) PERFKERN_FIELD(dtype) PERFKERN_FIELD(device),
+                 "out = scale . B^ . A^, the merged weight [n, k].");
+  }
+  {
     using P = perfkern_pera_backward_params_t;
     const auto fields =
         Fields<P>() PERFKERN_FIELD(grad) PERFKERN_FIELD(x) PERFKERN_FIELD(lora_a) PERFKERN_FIELD(lora_b)

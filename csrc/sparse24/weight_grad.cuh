@@ -142,7 +142,8 @@ perfkern_status_t launch(const Args<T>& a, int sms, cudaStream_t stream) {
   if constexpr (std::is_same<T, float>::value) {
     return launch_shape<T, tile::MathFor<T, Ops, Ops>>(a, stream);
   } else {
-    const int64_t large_tiles = ((a.n + LargeShape::BM - 1) / LargeShape::BM) * ((a.k + LargeShape::BN - 1) / LargeShape::BN);
+    const int64_t large_tiles =
+        ((a.n + LargeShape::BM - 1) / LargeShape::BM) * ((a.k + LargeShape::BN - 1) / LargeShape::BN);
     if (large_tiles >= sms) {
       return launch_shape<T, tile::MathFor<T, Ops, Ops, LargeShape>>(a, stream);
     }

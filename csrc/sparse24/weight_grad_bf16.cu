@@ -4,7 +4,9 @@ namespace perfkern {
 namespace sparse24 {
 namespace wgrad {
 
-perfkern_status_t launch_bf16(const Args<__nv_bfloat16>& a, int sms, cudaStream_t stream) { return launch(a, sms, stream); }
+perfkern_status_t launch_bf16(const Args<__nv_bfloat16>& a, int sms, cudaStream_t stream) {
+  return launch(a, sms, stream);
+}
 
 }  // namespace wgrad
 }  // namespace sparse24

@@ -4,7 +4,9 @@ namespace perfkern {
 namespace sparse24 {
 namespace wgrad {
 
-perfkern_status_t launch_f32(const Args<float>& a, int sms, cudaStream_t stream) { return launch(a, sms, stream); }
+perfkern_status_t launch_f32(const Args<float>& a, int sms, cudaStream_t stream) {
+  return launch(a, sms, stream);
+}
 
 }  // namespace wgrad
 }  // namespace sparse24

@@ -340,6 +340,28 @@ typedef struct {
 PERFKERN_API perfkern_status_t perfkern_pera_forward(const perfkern_pera_forward_params_t* params,
                                                      cudaStream_t stream);
 
+/* The merged weight: out [n, k] = scale . B^ . A^ (so that inference after a merge costs nothing), both factors
+ * generated tile by tile; lora_a [r, k], lora_b [n, r], h as in the forward, out of dtype. */
+typedef struct {
+  const void* lora_a;
+  const void* lora_b;
+  const void* h;
+  void* out;
+  int64_t n;
+  int64_t k;
+  int64_t r;
+  float scale;
+  int64_t a_row_stride;
+  int64_t b_row_stride;
+  int64_t out_row_stride;
+  perfkern_pera_mode_t mode;
+  perfkern_dtype_t dtype;
+  int device;
+} perfkern_pera_delta_weight_params_t;
+
+PERFKERN_API perfkern_status_t perfkern_pera_delta_weight(const perfkern_pera_delta_weight_params_t* params,
+                                                          cudaStream_t stream);
+
 /* The gradients of the adapter term for the upstream gradient grad [m, n]: with G_s = scale . grad,
  *   dZ = G_s . B^    dx = dZ . A^    dA^ = dZ^T . x    dB^ = G_s^T . Z
  * folded on chip into dA [r, k], dB [n, r] and dh [|P|] (a pair p = (i, j) sends dB^[:, r+p] (.) b_j to dB[:, i]
