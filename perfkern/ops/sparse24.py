@@ -10,6 +10,7 @@ import torch
 
 from perfkern import _autotune, _dispatch, _ext
 from perfkern.ops._common import empty, rows_contiguous
+from perfkern.ops._common import launch_core as _launch
 from perfkern.reference import sparse24 as ref
 
 _TRITON = "perfkern.kernels.sparse24"
@@ -44,19 +45,8 @@ def _ref_meta_reorder(src, dst, to_cutlass):
 # CUDA backend: perfkern._C launchers over the torch-free C ABI.
 
 
-def _ptr(t: torch.Tensor | None) -> int:
-    return 0 if t is None else t.data_ptr()
-
-
 def _rs(t: torch.Tensor | None) -> int:
     return 0 if t is None else t.stride(0)
-
-
-def _launch(name: str, device: torch.device, **fields) -> None:
-    """Run the core's launcher ``name`` on the current stream of ``device``; tensors are passed as pointers, None
-    as NULL."""
-    fields = {key: _ptr(v) if v is None or isinstance(v, torch.Tensor) else v for key, v in fields.items()}
-    getattr(_ext.require(), name)(stream=_ext.stream_of(device), device=_ext.device_index(device), **fields)
 
 
 def _cuda_compress(src, values, meta, mask):
@@ -85,7 +75,12 @@ def _cuda_gather(dense, meta, values):
 
 def _cuda_meta_reorder(src, dst, to_cutlass):
     _launch(
-        "sparse24_meta_reorder", src.device, src=src, dst=dst, rows=src.shape[0], meta_cols=src.shape[1],
+        "sparse24_meta_reorder",
+        src.device,
+        src=src,
+        dst=dst,
+        rows=src.shape[0],
+        meta_cols=src.shape[1],
         to_cutlass=int(bool(to_cutlass)),
     )
 
@@ -367,14 +362,27 @@ def _weight_grad_shape(dy, x, meta, out_values):
     return x.dtype, dy.shape[0], dy.shape[1], x.shape[1], 0, False, False
 
 
-# auto (measured or not) leaves the sparse-tensor-core kernels out until they have passed the GPU test suite:
-# timing alone would pick a fast kernel whether or not it is right. PERFKERN_BACKEND=cuda runs them.
+def _cuda_weight_grad(dy, x, meta, out_values):
+    """The core's kernel: a dense tensor-core (fp32: FFMA) tile of dyᵀ·x per CTA, its kept half gathered into the
+    compressed layout in the epilogue."""
+    dy, x, meta = rows_contiguous(dy), rows_contiguous(x), rows_contiguous(meta)
+    code = _ext.DTYPE_CODES[x.dtype]
+    _launch(
+        "sparse24_weight_grad", x.device, dy=dy, x=x, meta=meta, out=out_values, m=x.shape[0], n=dy.shape[1],
+        k=x.shape[1], dy_row_stride=dy.stride(0), x_row_stride=x.stride(0), meta_row_stride=meta.stride(0),
+        out_row_stride=out_values.stride(0), accumulate=0, dtype=code, out_dtype=code,
+    )  # fmt: skip
+
+
+# auto (measured or not) leaves the CUDA core's kernels out until they have passed the GPU test suite: timing
+# alone would pick a fast kernel whether or not it is right. PERFKERN_BACKEND=cuda runs them.
 MM = _dispatch.OpImpls(
     "sparse24_mm", _ref_mm, f"{_TRITON}:mm", _cuda_mm, preference=("triton", "reference"), dense=_dense_mm,
     tuning=_autotune.Tuning(_mm_shape, outputs=(7,), release=_drop_dense_weight),
 )  # fmt: skip
 WEIGHT_GRAD = _dispatch.OpImpls(
-    "sparse24_weight_grad", _ref_weight_grad, f"{_TRITON}:weight_grad", dense=_dense_weight_grad,
+    "sparse24_weight_grad", _ref_weight_grad, f"{_TRITON}:weight_grad", _cuda_weight_grad,
+    preference=("triton", "reference"), dense=_dense_weight_grad,
     tuning=_autotune.Tuning(_weight_grad_shape, outputs=(3,)),
 )  # fmt: skip
 
