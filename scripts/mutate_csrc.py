@@ -30,6 +30,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 GEMM_TESTS = ("tests/test_sparse24_cuda_kernels.py",)
 FORMAT_TESTS = ("tests/test_sparse24.py", "-m", "cuda_emulated")
+# The training families (tile GEMM, weight gradient, PERA, dendrites): their tests through the cuda backend and
+# the launchers' own.
+_CORE = ("tests/test_cuda_core_launchers.py", "-m", "cuda_emulated", "-k")
+TILE_TESTS = ("tests/test_pera.py", "tests/test_sparse24_linear.py", *_CORE, "pera or weight_grad")
+WEIGHT_GRAD_TESTS = ("tests/test_sparse24_linear.py", *_CORE, "weight_grad or transpose")
+PERA_TESTS = ("tests/test_pera.py", *_CORE, "pera")
+DENDRITE_TESTS = ("tests/test_dendrite.py", *_CORE, "dendrite or correlation or candidate or state")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,6 +212,118 @@ MUTATIONS = [
         "p == i1 ? values[2 * g] : (p == i0 ? values[2 * g + 1] : Bits(0))",
         "decompress: the two kept values of a group exchanged",
         FORMAT_TESTS,
+    ),
+    Mutation(
+        "tile-b-fragments-swapped",
+        "csrc/common/tile_gemm.cuh",
+        "mma(acc.v[mi][2 * nj], af[mi], bf[0], bf[1]);\n          mma(acc.v[mi][2 * nj + 1], af[mi], bf[2], bf[3]);",
+        "mma(acc.v[mi][2 * nj], af[mi], bf[2], bf[3]);\n          mma(acc.v[mi][2 * nj + 1], af[mi], bf[0], bf[1]);",
+        "tile GEMM: the B fragments of a warp's two n8 tiles exchanged",
+        TILE_TESTS,
+    ),
+    Mutation(
+        "tile-trans-a-matrices",
+        "csrc/common/tile_gemm.cuh",
+        "ta + (ks + i + 8 * (j >> 1)) * kAPitch + m0 + 8 * (j & 1);",
+        "ta + (ks + i + 8 * (j & 1)) * kAPitch + m0 + 8 * (j >> 1);",
+        "tile GEMM: ldmatrix.trans of an A operand stored along its rows reads its four matrices in the wrong order",
+        TILE_TESTS,
+    ),
+    Mutation(
+        "tile-no-syncthreads",
+        "csrc/common/tile_gemm.cuh",
+        "      stash(smem + ((kb + 1) & 1) * Math::kStageBytes);\n    }\n    __syncthreads();",
+        "      stash(smem + ((kb + 1) & 1) * Math::kStageBytes);\n    }",
+        "tile GEMM: the main loop's barrier removed (a stage written while another warp reads it)",
+        TILE_TESTS,
+    ),
+    Mutation(
+        "weight-grad-gather-index",
+        "csrc/sparse24/weight_grad.cuh",
+        "v[2 * g + 1] = src[4 * g + ((nib >> 2) & 3u)];",
+        "v[2 * g + 1] = src[4 * g + (nib & 3u)];",
+        "weight gradient: the second kept column of a group gathered from the first one's position",
+        WEIGHT_GRAD_TESTS,
+    ),
+    Mutation(
+        "weight-grad-no-accumulate",
+        "csrc/sparse24/weight_grad.cuh",
+        "dst[e] = a.accumulate ? dst[e] + v[e] : v[e];",
+        "dst[e] = v[e];",
+        "weight gradient: accumulate-into ignored on the element-wise fp32 path",
+        WEIGHT_GRAD_TESTS,
+    ),
+    Mutation(
+        "transpose-prune-values-swapped",
+        "csrc/sparse24/transpose_prune.cu",
+        "? __ldg(pair + 1) : (pos == (nib & 3u) ? __ldg(pair) : Bits(0));",
+        "? __ldg(pair) : (pos == (nib & 3u) ? __ldg(pair + 1) : Bits(0));",
+        "double-pruned copy: the two kept values of a group of Ws exchanged while decoding a column",
+        WEIGHT_GRAD_TESTS,
+    ),
+    Mutation(
+        "pera-cross-pairs",
+        "csrc/pera/pera.cuh",
+        "j = row + (p - start(row)) + (mode == PERFKERN_PERA_CROSS ? 1 : 0);",
+        "j = row + (p - start(row));",
+        "PERA: cross-mode pairs decoded as full-mode ones (i = j allowed)",
+        PERA_TESTS,
+    ),
+    Mutation(
+        "pera-db-fold-one-side",
+        "csrc/pera/pera.cuh",
+        "          row[i] += v * bt[j];\n          row[j] += v * bt[i];",
+        "          row[i] += v * bt[j];",
+        "PERA backward: dB^ of a pair folded into dB[:, i] only",
+        PERA_TESTS,
+    ),
+    Mutation(
+        "pera-split-overlap",
+        "csrc/pera/pera.cuh",
+        "const int64_t m_end = m_begin + a.rows_a < a.m ? m_begin + a.rows_a : a.m;",
+        "const int64_t m_end = m_begin + 2 * a.rows_a < a.m ? m_begin + 2 * a.rows_a : a.m;",
+        "PERA backward: the splits of the dA reduction overlap (rows counted twice)",
+        PERA_TESTS,
+    ),
+    Mutation(
+        "dendrite-chan-weight",
+        "csrc/dendrite/dendrite.cuh",
+        "const float weight = count * frac;",
+        "const float weight = frac;",
+        "dendrite correlation: Chan's merge without the n r / (n + r) weight of the mean shift",
+        DENDRITE_TESTS,
+    ),
+    Mutation(
+        "dendrite-warps-no-barrier",
+        "csrc/dendrite/correlation.cu",
+        "  __syncthreads();\n  if (warp != 0) {\n    return;",
+        "  if (warp != 0) {\n    return;",
+        "dendrite correlation: warp 0 merges the other warps' moments without waiting for them",
+        DENDRITE_TESTS,
+    ),
+    Mutation(
+        "dendrite-split-rows",
+        "csrc/dendrite/correlation.cu",
+        "const float rows = static_cast<float>(a.p - first < a.rows_per_split ? a.p - first : a.rows_per_split);",
+        "const float rows = static_cast<float>(a.rows_per_split);",
+        "dendrite correlation: the last split merged as if it were full",
+        DENDRITE_TESTS,
+    ),
+    Mutation(
+        "dendrite-cascade-nan",
+        "csrc/dendrite/grad.cu",
+        "if (cascade && !finite(as_float(t))) {",
+        "if (false && !finite(as_float(t))) {",
+        "dendrite gradient: a NaN error's candidates no longer zeroed in the Cascade-Correlation gradient",
+        DENDRITE_TESTS,
+    ),
+    Mutation(
+        "dendrite-state-epoch-count",
+        "csrc/dendrite/state.cu",
+        "a.f_epoch = cumulative(p.epoch.count);",
+        "a.f_epoch = cumulative(p.running.count);",
+        "dendrite state: the epoch statistics weighted by the running count",
+        DENDRITE_TESTS,
     ),
 ]
 
