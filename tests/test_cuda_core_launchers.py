@@ -308,14 +308,15 @@ def _correlation(dev, values, errors, mode, split=True):
 @pytest.mark.parametrize(
     "layers,p,c,n",
     [
-        pytest.param(1, 1100, 2, 5, id="L1-P1100-C2-N5-split"),
-        pytest.param(2, 600, 9, 40, id="L2-P600-C9-N40-split"),
+        pytest.param(1, 1103, 2, 5, id="L1-P1103-C2-N5-split"),
+        pytest.param(2, 601, 9, 40, id="L2-P601-C9-N40-split"),
         pytest.param(24, 8192, 4, 1024, id="L24-P8192-C4-N1024"),
     ],
 )
 def test_correlation_splits_tokens_and_scores(dev, layers, p, c, n, dtype, mode):
-    """When the layers, candidates and neurons alone give few CTAs the tokens are split and the parts merged in
-    order; without a workspace nothing is split. Both against the float64 two-pass truth, score included."""
+    """When the layers, candidates and neurons alone give few CTAs the tokens are split (here into parts whose last
+    one is shorter) and the parts merged in order; without a workspace nothing is split. Both against the float64
+    two-pass truth, score included."""
     _skip_large(dev, layers * p * c * n * 40)
     values = (0.5 + 0.1 * torch.rand(layers, p, c, n, device=dev)).to(dtype)
     errors = torch.randn(layers, p, n, device=dev).to(dtype)
@@ -374,8 +375,9 @@ def test_fused_candidate_gradient(dev, dtype, mode):
 
 def test_state_update_is_correlation_state_fold(dev):
     """Batches folded by the core equal CorrelationState.fold step by step: cumulative for the first `window`
-    batches, then the EMA, the epoch statistics alongside, an empty batch changing nothing, a NaN error keeping its
-    neuron's old entries; the running score is the state's."""
+    batches, then the EMA, the epoch statistics alongside (restarted by close_epoch after the third batch, so its
+    count differs from the running one), an empty batch changing nothing, a NaN error keeping its neuron's old
+    entries; the running score is the state's."""
     layers, c, n, window, beta = 2, 3, 37, 3, 0.9
     state = CorrelationState(layers, c, n, mode="pearson", window=window, beta=beta, device=dev)
     running = [t.clone() for t in state.running.stats]
@@ -401,4 +403,8 @@ def test_state_update_is_correlation_state_fold(dev):
         for got, want in zip(epoch, state.epoch.stats, strict=True):
             torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5, msg=f"epoch after batch {number}")
         torch.testing.assert_close(score, state.score, atol=1e-6, rtol=1e-5)
-    assert counts[0] == state.running.count.item()
+        if number == 3:
+            state.close_epoch()
+            epoch = [t.clone() for t in state.epoch.stats]
+            counts[1] = 0.0
+    assert counts == [state.running.count.item(), state.epoch.count.item()]
