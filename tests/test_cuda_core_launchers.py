@@ -180,11 +180,13 @@ def _pera_forward(dev, x, a, b, h, scale, mode, out, accumulate):
     return z
 
 
-def _pera_backward(dev, grad, x, a, b, h, scale, mode, z, want=("dx", "d_a", "d_b", "d_h")):
-    outs = {"dx": _nan(x.shape, x.dtype, dev), "d_a": _nan(a.shape, a.dtype, dev),
+def _pera_backward(dev, grad, x, a, b, h, scale, mode, z, want=("dx", "d_a", "d_b", "d_h"), dx=None):
+    """The backward's outputs (NaN where not computed); ``dx`` given: the adapter's dx is added to it."""
+    outs = {"dx": _nan(x.shape, x.dtype, dev) if dx is None else dx, "d_a": _nan(a.shape, a.dtype, dev),
             "d_b": _nan(b.shape, b.dtype, dev), "d_h": _nan(h.shape, h.dtype, dev)}  # fmt: skip
     fields = dict(
-        grad=grad, z=z, scale=scale, grad_row_stride=grad.stride(0), z_row_stride=0 if z is None else z.stride(0),
+        grad=grad, z=z, scale=scale, accumulate=int(dx is not None), grad_row_stride=grad.stride(0),
+        z_row_stride=0 if z is None else z.stride(0),
         dx_row_stride=x.shape[1], d_a_row_stride=a.shape[1], d_b_row_stride=b.shape[1],
         **{name: outs[name] if name in want and outs[name].numel() else None for name in outs},
         **_pera_fields(x, a, b, h, mode),
@@ -254,13 +256,28 @@ def test_pera_backward_outputs_are_optional_and_deterministic(dev, dtype):
         assert all(alone[other].isnan().all() for other in others), f"{name} alone wrote another output"
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_pera_backward_adds_dx(dev, dtype):
+    """accumulate = 1: dx += dZ·Â onto the base layer's dx, the sum formed in fp32 and rounded once."""
+    x, a, b, h = _pera_problem(dev, 45, 33, 72, 5, "cross", dtype)
+    z = _pera_forward(dev, x, a, b, h, 0.5, "cross", _nan((45, 33), dtype, dev), accumulate=0)
+    grad = torch.randn(45, 33, device=dev).to(dtype)
+    base = torch.randn(45, 72, device=dev).to(dtype)
+    got = _pera_backward(dev, grad, x, a, b, h, 0.5, "cross", z, want=("dx",), dx=base.clone())["dx"]
+    truth = base.double() + pref.pera_adapter_backward(grad.double(), *(t.double() for t in (x, a, b, h)), 0.5,
+                                                       "cross")[0]  # fmt: skip
+    _, native = _torch_native(x, a, b, h, 0.5, "cross", grad)
+    assert_within_torch_error(got, truth, (base.float() + native[0].float()).to(dtype), "dx")
+
+
 def test_pera_refuses_what_it_cannot_take(dev):
     x, a, b, h = _pera_problem(dev, 3, 16, 16, 129, "square", torch.float32)
     with pytest.raises(RuntimeError, match=r"not supported: r: expected 1 <= r <= 128, got 129"):
         _pera_forward(dev, x, a, b, h, 1.0, "square", _nan((3, 16), torch.float32, dev), accumulate=0)
     x, a, b, h = _pera_problem(dev, 300, 16, 16, 2, "full", torch.float32)
     fields = dict(
-        grad=torch.randn(300, 16, device=dev), z=None, dx=None, d_a=a.clone(), d_b=None, d_h=None, scale=1.0,
+        grad=torch.randn(300, 16, device=dev), z=None, dx=None, d_a=a.clone(), d_b=None, d_h=None, accumulate=0,
+        scale=1.0,
         grad_row_stride=16, z_row_stride=0, dx_row_stride=16, d_a_row_stride=16, d_b_row_stride=2,
         **_pera_fields(x, a, b, h, "full"),
     )  # fmt: skip

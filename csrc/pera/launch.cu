@@ -191,6 +191,7 @@ perfkern_status_t backward(const perfkern_pera_backward_params_t& p, const Layou
   }
   a.dx = p.dx;
   a.dx_row_stride = p.dx_row_stride;
+  a.accumulate = p.accumulate != 0;
   a.part_b = p.d_b != nullptr ? reinterpret_cast<float*>(ws + l.part_b_off) : nullptr;
   a.part_a = p.d_a != nullptr ? reinterpret_cast<float*>(ws + l.part_a_off) : nullptr;
   a.part_h = l.want_h ? reinterpret_cast<float*>(ws + l.part_h_off) : nullptr;

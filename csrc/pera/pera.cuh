@@ -334,7 +334,7 @@ __global__ void __launch_bounds__(Math::Shape::kThreads) dz_kernel(const Args<T>
   });
 }
 
-// dx[m0.., k0..] = dZ . Â; grid (k tiles, m tiles).
+// dx[m0.., k0..] (+)= dZ . Â; grid (k tiles, m tiles).
 template <typename T, class Math>
 __global__ void __launch_bounds__(Math::Shape::kThreads) dx_kernel(const Args<T> a) {
   PERFKERN_DYNAMIC_SMEM(uint4, smem_u4);
@@ -351,9 +351,9 @@ __global__ void __launch_bounds__(Math::Shape::kThreads) dx_kernel(const Args<T>
     const int64_t k = k0 + col;
     if (m < a.m && k < a.k) {
       const int64_t at = m * a.dx_row_stride + k;
-      tile::store_elem<T>(a.dx, at, v0);
+      tile::store_elem<T>(a.dx, at, (a.accumulate ? tile::load_elem<T>(a.dx, at) : 0.0f) + v0);
       if (k + 1 < a.k) {
-        tile::store_elem<T>(a.dx, at + 1, v1);
+        tile::store_elem<T>(a.dx, at + 1, (a.accumulate ? tile::load_elem<T>(a.dx, at + 1) : 0.0f) + v1);
       }
     }
   });

@@ -277,7 +277,7 @@ void def_pera(py::module_& m) {
     const auto fields =
         Fields<P>() PERFKERN_FIELD(grad) PERFKERN_FIELD(x) PERFKERN_FIELD(lora_a) PERFKERN_FIELD(lora_b)
             PERFKERN_FIELD(h) PERFKERN_FIELD(z) PERFKERN_FIELD(dx) PERFKERN_FIELD(d_a) PERFKERN_FIELD(d_b)
-                PERFKERN_FIELD(d_h) PERFKERN_FIELD(workspace) PERFKERN_FIELD(workspace_bytes) PERFKERN_FIELD(m)
+                PERFKERN_FIELD(d_h) PERFKERN_FIELD(accumulate) PERFKERN_FIELD(workspace) PERFKERN_FIELD(workspace_bytes) PERFKERN_FIELD(m)
                     PERFKERN_FIELD(n) PERFKERN_FIELD(k) PERFKERN_FIELD(r) PERFKERN_FIELD(scale)
                         PERFKERN_FIELD(grad_row_stride) PERFKERN_FIELD(x_row_stride) PERFKERN_FIELD(a_row_stride)
                             PERFKERN_FIELD(b_row_stride) PERFKERN_FIELD(z_row_stride) PERFKERN_FIELD(dx_row_stride)

@@ -78,7 +78,7 @@ def _cuda_adapter_backward(grad, x, lora_a, lora_b, h, z, scale, mode, dx, d_a, 
     grad, x, z = rows_contiguous(grad), rows_contiguous(x), rows_contiguous(z)
     lora_a, lora_b, h = rows_contiguous(lora_a), rows_contiguous(lora_b), h.contiguous()
     fields = dict(
-        grad=grad, x=x, z=z, dx=dx, d_a=d_a, d_b=d_b, d_h=d_h if d_h.numel() else None, m=x.shape[0],
+        grad=grad, x=x, z=z, dx=dx, d_a=d_a, d_b=d_b, d_h=d_h if d_h.numel() else None, accumulate=0, m=x.shape[0],
         n=grad.shape[1], k=x.shape[1], grad_row_stride=grad.stride(0), x_row_stride=x.stride(0),
         z_row_stride=z.stride(0), dx_row_stride=dx.stride(0), d_a_row_stride=d_a.stride(0),
         d_b_row_stride=d_b.stride(0), **_factor_fields(lora_a, lora_b, h, scale, mode),

@@ -368,6 +368,7 @@ PERFKERN_API perfkern_status_t perfkern_pera_delta_weight(const perfkern_pera_de
  * and (.) b_i to dB[:, j], h_p dA^[r+p] (.) a_j to dA[i] and (.) a_i to dA[j], and dh_p = sum_k dA^[r+p, k]
  * a_i[k] a_j[k]). Inputs as in the forward; z is the forward's Z, or NULL to recompute it. Each of dx, d_a, d_b,
  * d_h may be NULL (not computed); outputs have the inputs' dtype, unit column strides, d_h contiguous.
+ * accumulate = 1 adds the term's dx to dx (the base layer's dx already there), 0 overwrites it.
  * workspace: perfkern_pera_backward_workspace_size bytes (16-byte aligned), private to the call; the reductions
  * over m are split into a fixed number of parts that depends on the shape only, and summed in a fixed order:
  * results are deterministic. */
@@ -382,6 +383,7 @@ typedef struct {
   void* d_a;
   void* d_b;
   void* d_h;
+  int accumulate;
   void* workspace;
   int64_t workspace_bytes;
   int64_t m;
