@@ -4,7 +4,9 @@
 # built three times: the CUDA flavour (archs 80;90a), the emulated flavour (PERFKERN_EMULATE=ON: the CUDA
 # kernels executed on the CPU) and the CPU-only flavour (PERFKERN_CUDA=OFF); the last two as on a machine
 # without the CUDA toolkit. Without a GPU the CUDA consumer reports "no CUDA device" and exits 0; against the
-# emulated core the consumer's round trip runs on the emulated device, on host memory.
+# emulated core the consumer's round trip runs on the emulated device, on host memory. A second consumer,
+# perfkern_train_step, runs one training step of a 2:4 layer with a PERA adapter and a dendrite update through the
+# header only, checked against its own reference: on the emulated device always, on a GPU when there is one.
 #   .ci/build_core.sh [FLAVOUR...]    # cuda, emulated, cpu (default: all three)
 set -euo pipefail
 
@@ -52,6 +54,15 @@ build_and_consume() {
   grep -q "(${flavor} build" <<<"${out}"
   if [[ "${flavor}" == emulated ]]; then
     grep -q "round trip OK" <<<"${out}"
+  fi
+
+  echo "== training step (examples/cpp/train_step.cpp) against the ${flavor} package =="
+  local step
+  step="$("${work}/example-${flavor}/perfkern_train_step")"
+  echo "${step}"
+  # It must run wherever there is a device: the emulated one always, a GPU when the machine has one.
+  if [[ "${flavor}" == emulated ]] || ! grep -q "training step skipped" <<<"${step}"; then
+    grep -q "training step OK" <<<"${step}"
   fi
 }
 
