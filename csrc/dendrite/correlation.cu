@@ -23,7 +23,6 @@ namespace dendrite {
 namespace {
 
 constexpr int kChunk = 16;
-constexpr int kUnroll = 4;
 // CTAs to aim for before the tokens are split (two waves of a 132-SM GPU), and the fewest tokens of a split.
 constexpr int64_t kTargetCtas = 264;
 constexpr int64_t kMinSplitRows = 256;
@@ -94,6 +93,8 @@ __device__ __forceinline__ void finish_v(const Args& a, int64_t at, float shift_
 
 template <typename T, int CT>
 __global__ void __launch_bounds__(kThreads) correlation_kernel(const Args a) {
+  // Tokens whose loads a thread issues before their arithmetic: (CT + 1) 16 / CT, 20 to 32 loads in flight.
+  constexpr int kUnroll = 16 / CT;
   PERFKERN_DYNAMIC_SMEM(float, shared);
   const int lane = static_cast<int>(threadIdx.x) & 31;
   const int warp = static_cast<int>(threadIdx.x) >> 5;
@@ -305,10 +306,8 @@ perfkern_status_t launch(const Args& a, const Plan& s, int device, cudaStream_t 
       return launch_ct<T, 1>(a, s, device, stream);
     case 2:
       return launch_ct<T, 2>(a, s, device, stream);
-    case 4:
-      return launch_ct<T, 4>(a, s, device, stream);
     default:
-      return launch_ct<T, 8>(a, s, device, stream);
+      return launch_ct<T, 4>(a, s, device, stream);
   }
 }
 

@@ -103,8 +103,10 @@ __device__ __forceinline__ float as_float(T v) {
 
 #endif  // PERFKERN_DEVICE_CODE
 
-// Candidates per thread: all of them up to 8, so that E is read once for them.
-inline int candidates_per_thread(int64_t c) { return c <= 1 ? 1 : c <= 2 ? 2 : c <= 4 ? 4 : 8; }
+// Candidates per thread: all of them up to 4, so that E is read once for them (ceil(C / 4) times beyond: at 8
+// candidates a thread's accumulators and loads in flight would take more than the 128 registers that leave two
+// 256-thread CTAs per SM).
+inline int candidates_per_thread(int64_t c) { return c <= 1 ? 1 : c <= 2 ? 2 : 4; }
 
 }  // namespace dendrite
 }  // namespace perfkern

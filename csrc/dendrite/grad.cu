@@ -18,7 +18,6 @@ namespace dendrite {
 namespace {
 
 constexpr int64_t kRowsPerCta = 256;
-constexpr int kUnroll = 4;
 constexpr float kTiny = 1.17549435e-38f;  // the smallest normal fp32, as torch.finfo(float32).tiny
 
 struct GradArgs {
@@ -82,6 +81,8 @@ __device__ __forceinline__ void coefficients(const GradArgs& a, int64_t at, int6
 
 template <typename T, int CT>
 __global__ void __launch_bounds__(kThreads) grad_kernel(const GradArgs a) {
+  // Tokens a warp loads before its first store: 10 to 32 loads in flight per thread, in 128 registers.
+  constexpr int kUnroll = CT >= 4 ? 2 : 16 / CT;
   const int lane = static_cast<int>(threadIdx.x) & 31;
   const int warp = static_cast<int>(threadIdx.x) >> 5;
   const int64_t c0 = static_cast<int64_t>(blockIdx.x % a.c_tiles) * CT;
@@ -165,10 +166,8 @@ perfkern_status_t launch(const GradArgs& a, int ct, cudaStream_t stream) {
       return launch_ct<T, 1>(a, stream);
     case 2:
       return launch_ct<T, 2>(a, stream);
-    case 4:
-      return launch_ct<T, 4>(a, stream);
     default:
-      return launch_ct<T, 8>(a, stream);
+      return launch_ct<T, 4>(a, stream);
   }
 }
 
