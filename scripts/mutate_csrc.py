@@ -114,6 +114,13 @@ MUTATIONS = [
         "wgmma kernel: the stage computed on is off by one",
     ),
     Mutation(
+        "wgmma-in-flight-depth",
+        "csrc/sparse24/mm_wgmma_kernel.cuh",
+        "ptx::wgmma_wait_group_sync_aligned<1>();",
+        "ptx::wgmma_wait_group_sync_aligned<2>();",
+        "wgmma kernel: two wgmma groups left in flight, so a stage is refilled while a wgmma still reads it",
+    ),
+    Mutation(
         "mma-selector-flipped",
         "csrc/sparse24/mm_kernel.cuh",
         "mma_sp<T, 0>(acc[0][jm], af[0], bf, e);\n          mma_sp<T, 1>(acc[1][jm], af[1], bf, e);",
@@ -362,15 +369,23 @@ def build(build_dir: Path, jobs: int) -> tuple[Path | None, str]:
 
 
 def run_tests(module: Path, tests: tuple[str, ...], seed: str) -> tuple[int, list[str], str]:
-    """pytest's exit status, the failing test ids, and its summary line."""
+    """pytest's exit status, the failing test ids, and its summary line (or how the process died)."""
     env = {**os.environ, "PERFKERN_EMULATE": str(module), "PERFKERN_EMULATE_SEED": seed}
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", *tests, "-q", "-rf", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "pytest", *tests, "-v", "-p", "no:cacheprovider"],
         cwd=ROOT, env=env, text=True, capture_output=True,
     )  # fmt: skip
-    failed = re.findall(r"^FAILED (\S+)", result.stdout, re.M)
+    failed = re.findall(r"^(\S+::\S+) FAILED", result.stdout, re.M)
+    if result.returncode < 0:
+        # A mutated kernel that writes outside its buffers can bring the whole process down: the test that was
+        # running is the last one pytest announced without a result.
+        started = re.findall(r"^(\S+::\S+) ?(PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)?", result.stdout, re.M)
+        running = [name for name, status in started if not status]
+        crashed = running[-1] if running else "an unknown test"
+        failed.append(crashed)
+        return result.returncode, failed, f"the test process died (signal {-result.returncode}) in {crashed}"
     lines = result.stdout.strip().splitlines()
-    return result.returncode, failed, lines[-1] if lines else result.stderr[-500:]
+    return result.returncode, failed, lines[-1].strip("= ") if lines else result.stderr[-500:]
 
 
 def failing_summary(failed: list[str]) -> str:
@@ -454,7 +469,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| mutation | what | caught | failing tests |")
     print("|---|---|---|---|")
     for m, caught, failed, summary in rows:
-        print(f"| {m.name} | {m.what} | {'yes' if caught else '**no**'} | {failing_summary(failed) or summary} |")
+        died = f"; {summary}" if "died" in summary else ""
+        print(f"| {m.name} | {m.what} | {'yes' if caught else '**no**'} | {failing_summary(failed) or summary}{died} |")
     missed = [m.name for m, caught, _, _ in rows if not caught]
     if missed:
         print(f"\nnot caught: {', '.join(missed)}")

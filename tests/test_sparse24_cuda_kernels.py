@@ -30,6 +30,8 @@ SHAPES = [
     pytest.param(65, 200, 96, 16, id="M65-N200-K96-r16"),
     pytest.param(40, 72, 96, 64, id="M40-N72-K96-r64"),
     pytest.param(130, 257, 320, 20, id="M130-N257-K320-r20"),
+    # K loops long enough that both pipelines wrap around their stages several times (wgmma: 4 x 128 of K).
+    pytest.param(40, 64, 1056, 5, id="M40-N64-K1056-r5"),
     pytest.param(257, 128, 4096, 70, id="M257-N128-K4096-r70"),
     pytest.param(1000, 4096, 512, 8, id="M1000-N4096-K512-r8"),
     pytest.param(8, 40, 64, 3, id="M8-N40-K64-r3"),

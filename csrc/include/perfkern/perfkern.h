@@ -7,7 +7,9 @@
  *
  * The header compiles without the CUDA toolkit: cudaStream_t is then declared here, as the CUDA runtime
  * declares it. A library built without CUDA keeps the same ABI; its CUDA launchers return
- * PERFKERN_ERROR_NOT_SUPPORTED (perfkern_build_flavor() says which build a program linked).
+ * PERFKERN_ERROR_NOT_SUPPORTED. The emulated build (PERFKERN_EMULATE) keeps it too: its launchers take host
+ * pointers, accept any stream and run their kernels on the CPU before they return (perfkern_build_flavor()
+ * says which build a program linked).
  *
  * The 2:4 format (canonical, row-major, W is [rows, cols] and 2:4 along cols):
  *   values [rows, cols/2]  the kept values of each group of 4 in column order (W's dtype)
@@ -69,7 +71,8 @@ typedef struct {
 
 /* "0.1.0". */
 PERFKERN_API const char* perfkern_version(void);
-/* Architectures compiled into this library, e.g. "80;90a"; "" in a build without CUDA. */
+/* Architectures compiled into this library, e.g. "80;90a" (the emulated build, whose one binary serves an
+ * emulated sm_80 or sm_90, says "80;90a"); "" in a build without CUDA. */
 PERFKERN_API const char* perfkern_cuda_archs(void);
 /* Which build this is: "cuda" (CUDA kernels for a GPU), "emulated" (the CUDA kernels executed on the CPU,
  * PERFKERN_EMULATE) or "cpu" (no CUDA kernels: the CUDA launchers return PERFKERN_ERROR_NOT_SUPPORTED). The
