@@ -3,7 +3,8 @@
 The Python packages are plain setuptools: ``perfkern`` from ``perfkern/`` and ``perfkern.kernels``
 from the top-level ``kernels/`` directory. The native module ``perfkern._C`` (the torch-free core: CPU
 kernels, and CUDA kernels where nvcc is found) is built by CMake (see CMakeLists.txt), driven from a
-``build_ext`` subclass. Without CMake or a C++ compiler perfkern installs as pure Python.
+``build_ext`` subclass; so is ``perfkern._C_emu`` (the emulated core) when asked for. Without CMake or a C++
+compiler perfkern installs as pure Python.
 
 Environment:
   PERFKERN_BUILD_NATIVE auto (default): build perfkern._C when CMake >= 3.24 and a C++ compiler are
@@ -12,6 +13,9 @@ Environment:
   PERFKERN_BUILD_CUDA   auto (default): compile the CUDA kernels into perfkern._C when nvcc is found
                         (PATH, CUDA_HOME, CUDA_PATH); 1: require nvcc; 0: a CPU-only core.
   PERFKERN_CUDA_ARCHS   CUDA architectures, default "80;90a".
+  PERFKERN_BUILD_EMULATED
+                        1: also build perfkern._C_emu, the CUDA kernels compiled for the CPU and executed by the
+                        emulator (PERFKERN_EMULATE=1 runs the cuda backend's tests on it); 0 (default): not.
   MAX_JOBS              parallel compile jobs (default: the CPU count).
 """
 
@@ -85,9 +89,18 @@ def _find_cxx():
     return None
 
 
+def _build_emulated():
+    raw = os.environ.get("PERFKERN_BUILD_EMULATED", "0").strip().lower()
+    if raw not in ("", "0", "1", "on", "off", "true", "false", "yes", "no"):
+        raise SystemExit(f"PERFKERN_BUILD_EMULATED must be 0 or 1, got {raw!r}")
+    return raw in ("1", "on", "true", "yes")
+
+
 def _native_toolchain():
     """(nvcc or None, cmake) when perfkern._C is to be built, else None."""
     native = _build_mode("PERFKERN_BUILD_NATIVE")
+    if _build_emulated() and native == "0":
+        raise SystemExit("PERFKERN_BUILD_EMULATED=1 needs the native build: unset PERFKERN_BUILD_NATIVE=0")
     if native == "0":
         _log("PERFKERN_BUILD_NATIVE=0: installing pure Python (no perfkern._C)")
         return None
@@ -96,7 +109,7 @@ def _native_toolchain():
     if _find_cxx() is None:
         problems.append("no C++ compiler was found (CXX, c++, g++, clang++)")
     if problems:
-        if native == "1":
+        if native == "1" or _build_emulated():
             raise SystemExit("PERFKERN_BUILD_NATIVE=1 but perfkern._C cannot be built: " + "; ".join(problems))
         _log("not building perfkern._C (" + "; ".join(problems) + "); installing pure Python")
         return None
@@ -111,21 +124,24 @@ def _native_toolchain():
 
 
 class CMakeExtension(Extension):
-    def __init__(self, name, nvcc, cmake):
+    def __init__(self, name, nvcc, cmake, emulated=False):
         super().__init__(name, sources=[])
         self.nvcc = nvcc
         self.cmake = cmake
+        self.emulated = emulated
 
 
 class CMakeBuild(build_ext):
-    """Configures and builds the CMake target ``_C`` and puts it where setuptools expects it."""
+    """Configures and builds the CMake target ``_C`` (or ``_C_emu``, in a build tree of its own) and puts it where
+    setuptools expects it."""
 
     def build_extension(self, ext):
         if not isinstance(ext, CMakeExtension):
             return super().build_extension(ext)
 
+        module = ext.name.rpartition(".")[2]
         target = Path(self.get_ext_fullpath(ext.name)).resolve()
-        build_dir = Path(self.build_temp).resolve() / "perfkern-cmake"
+        build_dir = Path(self.build_temp).resolve() / ("perfkern-cmake-emu" if ext.emulated else "perfkern-cmake")
         stage_dir = build_dir / "python"
         build_dir.mkdir(parents=True, exist_ok=True)
 
@@ -140,6 +156,7 @@ class CMakeBuild(build_ext):
             "-B",
             str(build_dir),
             f"-DCMAKE_BUILD_TYPE={config}",
+            *(["-DPERFKERN_EMULATE=ON", "-DPERFKERN_CUDA=OFF"] if ext.emulated else []),
             *([f"-DCMAKE_CUDA_COMPILER={ext.nvcc}", "-DPERFKERN_CUDA=ON"] if ext.nvcc else ["-DPERFKERN_CUDA=OFF"]),
             "-DPERFKERN_BUILD_PYTHON=ON",
             "-DPERFKERN_INSTALL=OFF",
@@ -156,18 +173,21 @@ class CMakeBuild(build_ext):
         if not (build_dir / "CMakeCache.txt").exists() and shutil.which("ninja"):
             args += ["-G", "Ninja"]
 
-        what = f"CUDA archs {archs}" if ext.nvcc else "the CPU only (no CUDA)"
-        _log(f"building perfkern._C for {what} with {jobs} jobs in {build_dir}")
+        if ext.emulated:
+            what = "the emulated device (the CUDA kernels executed on the CPU)"
+        else:
+            what = f"CUDA archs {archs}" if ext.nvcc else "the CPU only (no CUDA)"
+        _log(f"building {ext.name} for {what} with {jobs} jobs in {build_dir}")
         self._run(args)
-        self._run([ext.cmake, "--build", str(build_dir), "--target", "_C", "--parallel", str(jobs)])
+        self._run([ext.cmake, "--build", str(build_dir), "--target", module, "--parallel", str(jobs)])
 
-        built = sorted(stage_dir.glob("_C*.so")) + sorted(stage_dir.glob("_C*.pyd"))
+        built = sorted(p for p in stage_dir.glob(f"{module}.*") if p.suffix in (".so", ".pyd"))
         if len(built) != 1:
-            raise RuntimeError(f"expected one built _C module in {stage_dir}, found {built}")
+            raise RuntimeError(f"expected one built {module} module in {stage_dir}, found {built}")
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(built[0], target)
         os.chmod(target, 0o755)
-        _log(f"perfkern._C -> {target}")
+        _log(f"{ext.name} -> {target}")
 
     @staticmethod
     def _run(cmd):
@@ -181,12 +201,20 @@ def _packages():
     return packages
 
 
-toolchain = _native_toolchain()
+def _extensions():
+    toolchain = _native_toolchain()
+    if toolchain is None:
+        return []
+    extensions = [CMakeExtension("perfkern._C", *toolchain)]
+    if _build_emulated():
+        extensions.append(CMakeExtension("perfkern._C_emu", None, toolchain[1], emulated=True))
+    return extensions
+
 
 setup(
     packages=_packages(),
     package_dir={"perfkern": "perfkern", "perfkern.kernels": "kernels"},
-    ext_modules=[CMakeExtension("perfkern._C", *toolchain)] if toolchain else [],
+    ext_modules=_extensions(),
     cmdclass={"build_ext": CMakeBuild},
     zip_safe=False,
 )

@@ -93,3 +93,29 @@ def test_train_step(record, shape, provider):
         assert layer.values.grad.shape == layer.values.shape and x.grad is not None
         record("sparse24_linear fwd+bwd (double)", shape_id(shape), provider, sparse_step,
                "dense nn.Linear fwd+bwd", dense_step)  # fmt: skip
+
+
+WEIGHT_GRAD_PROVIDERS = [
+    b for b in perfkern.available_backends(DEVICE) if ops.WEIGHT_GRAD.has(b) and not (DEVICE == "cpu" and b == "triton")
+]
+
+
+@pytest.mark.parametrize("provider", WEIGHT_GRAD_PROVIDERS)
+@pytest.mark.parametrize("shape", [s for s in linear_shapes() if s[0] >= 128], ids=shape_id)
+@torch.no_grad()
+def test_weight_grad(record, shape, provider):
+    """The compressed weight gradient alone, against cuBLAS dyᵀ·x into a dense [N, K] buffer and a gather (what
+    the dense fallback does); TFLOP/s are dense-equivalent (2·M·N·K), as bench/NOTES.md predicts them."""
+    m, n, k = shape
+    dy = torch.randn(m, n, device=DEVICE, dtype=DTYPE)
+    x = torch.randn(m, k, device=DEVICE, dtype=DTYPE)
+    _, meta = perfkern.sparsity.compress_2to4(torch.randn(n, k, device=DEVICE), strict=False)
+    out = torch.empty(n, k // 2, device=DEVICE, dtype=DTYPE)
+    with perfkern.use_backend(provider):
+        got = torch.ops.perfkern.sparse24_weight_grad(dy, x, meta)
+        want = perfkern.reference.sparse24.gather_2to4(dy.float().t() @ x.float(), meta)
+        torch.testing.assert_close(got.float(), want, atol=5e-2 * m**0.5, rtol=5e-2)
+        record("sparse24_weight_grad", shape_id(shape), provider,
+               lambda: torch.ops.perfkern.sparse24_weight_grad(dy, x, meta),
+               "cuBLAS dense dyᵀ·x + gather", lambda: ops._dense_weight_grad(dy, x, meta, out),
+               flops=2.0 * m * n * k)  # fmt: skip

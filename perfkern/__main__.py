@@ -32,14 +32,7 @@ def info() -> None:
     except ImportError:
         triton_version = "not installed"
     print(f"triton {triton_version}  TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '0')}")
-    module = _ext.extension()
-    if module is None:
-        print("perfkern._C: not built: a pure-Python install (the triton and reference backends run)")
-    else:
-        archs = module.cuda_archs()
-        cuda = f"CUDA kernels for sm_{archs.replace(';', ', sm_')}" if archs else "no CUDA kernels"
-        cpu = f"CPU kernels: {module.cpu_isa()}" if hasattr(module, "cpu_isa") else "no CPU kernels"
-        print(f"perfkern._C {module.version()} ({module.build_flavor()} build): {cuda}; {cpu}")
+    print(_ext.describe())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         print(f"device: {torch.cuda.get_device_name()} (sm_{''.join(map(str, torch.cuda.get_device_capability()))})")

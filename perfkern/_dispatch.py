@@ -8,7 +8,8 @@ raises instead of falling back. ``last_backend()`` says what ran (``"dense"`` fo
 
 On CPU tensors ``auto`` runs the core's CPU kernels where an op has them (measured per shape against dense and
 the reference for ops that tune), else the reference; under ``TRITON_INTERPRET=1`` the Triton kernels run in the
-interpreter instead (that is how the test suite exercises them without a GPU).
+interpreter instead (that is how the test suite exercises them without a GPU). Under ``PERFKERN_EMULATE`` the
+``cuda`` backend runs the emulated CUDA core on CPU tensors when asked for by name; ``auto`` never picks it.
 """
 
 from __future__ import annotations
@@ -78,6 +79,10 @@ def _triton_import_error() -> str | None:
 
 
 def _cuda_unavailable_reason(device: torch.device) -> str | None:
+    if _ext.emulated():
+        if device.type != "cpu":
+            return f"under PERFKERN_EMULATE the cuda backend runs the emulated core on CPU tensors, got {device.type}"
+        return _ext.unavailable_reason()
     if device.type != "cuda":
         return f"the cuda backend runs on CUDA tensors, got a {device.type} tensor"
     return _ext.unavailable_reason()
@@ -174,7 +179,11 @@ def select(impls: OpImpls, device: torch.device, args: tuple = ()) -> str:
         order = _CPU_AUTO
     else:
         order = tuple(b for b in impls.preference if b != "cpu")
-    available = [b for b in order if impls.has(b) and unavailable_reason(b, device) is None]
+    # The cuda backend on a CPU tensor is the emulated core: it proves kernels correct, never runs them for speed.
+    available = [
+        b for b in order
+        if impls.has(b) and unavailable_reason(b, device) is None and (b != "cuda" or device.type == "cuda")
+    ]  # fmt: skip
     if impls.tuning is not None and (device.type == "cuda" or order is _CPU_AUTO):
         names = [*available, "dense"] if impls.has("dense") else available
         return _autotune.choose(impls.name, impls.tuning, device, args, {b: impls.get(b) for b in names})

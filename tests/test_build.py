@@ -26,11 +26,14 @@ def test_extension_reports_itself():
     if module is None:
         pytest.skip("perfkern._C is not built (PERFKERN_BUILD_NATIVE=0, or no CMake / C++ compiler)")
     assert module.version() == perfkern.__version__
-    assert module.build_flavor() in ("cuda", "emulated", "cpu")
+    assert module.build_flavor() in ("cuda", "cpu", "emulated")
+    assert module.build_flavor() == ("emulated" if _ext.emulated() else module.build_flavor())
     assert module.cpu_isa() in ("scalar", "avx2", "avx512", "avx512_bf16")
-    assert bool(module.cuda_archs()) == (module.build_flavor() == "cuda")
+    assert bool(module.cuda_archs()) == (module.build_flavor() != "cpu")
     count = module.device_count()
-    if not torch.cuda.is_available():
+    if module.build_flavor() == "emulated":
+        assert count == 1 and "emulated" in module.device_info(0)["name"]
+    elif not torch.cuda.is_available():
         assert count == 0
     else:
         assert count == torch.cuda.device_count()

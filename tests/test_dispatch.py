@@ -36,7 +36,8 @@ def test_env_variable_selects_backend(monkeypatch):
     assert perfkern.last_backend() == "reference"
 
 
-def test_explicit_cuda_on_cpu_tensor_raises():
+def test_explicit_cuda_on_cpu_tensor_raises(monkeypatch):
+    monkeypatch.delenv("PERFKERN_EMULATE", raising=False)  # the emulated core runs on CPU tensors
     with perfkern.use_backend("cuda"), pytest.raises(perfkern.BackendUnavailableError, match="runs on CUDA tensors"):
         sparsity.mask_2to4(torch.randn(4, 16))
 
@@ -49,6 +50,7 @@ def test_cpu_backend_reason_off_the_cpu():
 def test_cpu_auto_without_interpreter_runs_reference(monkeypatch):
     # compress has no cpu implementation: auto runs the reference; naming cpu raises.
     monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.delenv("PERFKERN_EMULATE", raising=False)
     monkeypatch.delenv("PERFKERN_BACKEND", raising=False)
     sparsity.compress_2to4(torch.randn(4, 16), strict=False)
     assert perfkern.last_backend("compress_2to4") == "reference"
@@ -63,6 +65,7 @@ def test_cpu_auto_without_interpreter_runs_reference(monkeypatch):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path under the interpreter")
 def test_cpu_auto_under_interpreter_runs_triton(monkeypatch):
     monkeypatch.delenv("PERFKERN_BACKEND", raising=False)
+    monkeypatch.delenv("PERFKERN_EMULATE", raising=False)
     sparsity.compress_2to4(torch.randn(4, 16), strict=False)
     assert perfkern.last_backend("compress_2to4") == "triton"
     expected = ["triton", "cpu", "reference"] if _ext.cpu_unavailable_reason() is None else ["triton", "reference"]

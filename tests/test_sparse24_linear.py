@@ -95,10 +95,18 @@ def _check_against_reference(args, dtype):
             assert_within_torch_error(leaves[name].grad, truth, native, f"d{name}")
 
 
-def _skip_unless_layer_backend(backend):
+def _skip_unless_layer_backend(backend, args):
     missing = [impls.name for impls in (ops.MM, ops.WEIGHT_GRAD) if not impls.has(backend)]
     if missing:
         pytest.skip(f"{', '.join(missing)} has no {backend} implementation (sparse24_mm is tested on its own)")
+    if backend == "cuda":
+        # The layer's products through the sparse tensor cores: x·Wsᵀ over K and, with a backward copy, dy·Wbwd
+        # over N (each is tested on its own where the CUDA kernels cannot take it).
+        x = args["x"].reshape(-1, args["x"].shape[-1])
+        dy = x.new_empty((1, args["values"].shape[0])) if args.get("bwd_meta") is not None else x
+        reason = ops.cuda_mm_unsupported(x) or ops.cuda_mm_unsupported(dy)
+        if reason is not None:
+            pytest.skip(reason)
 
 
 MM_SHAPES = [
@@ -140,17 +148,45 @@ def test_sparse_mm_matches_reference(backend, device, m, n, k, r, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("lead,n,k,r", SHAPES)
 def test_forward_and_gradients_match_reference(backend, device, lead, n, k, r, dtype):
-    _skip_unless_layer_backend(backend)
-    _check_against_reference(_problem(lead, n, k, r, dtype, device), dtype)
+    args = _problem(lead, n, k, r, dtype, device)
+    _skip_unless_layer_backend(backend, args)
+    _check_against_reference(args, dtype)
     assert perfkern.last_backend("sparse24_weight_grad") == backend
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("lead,n,k,r", DOUBLE_SHAPES)
 def test_double_pruned_backward_matches_reference(backend, device, lead, n, k, r, dtype):
-    _skip_unless_layer_backend(backend)
-    _check_against_reference(_problem(lead, n, k, r, dtype, device, double=True), dtype)
+    args = _problem(lead, n, k, r, dtype, device, double=True)
+    _skip_unless_layer_backend(backend, args)
+    _check_against_reference(args, dtype)
     assert perfkern.last_backend("sparse24_mm") == backend
+
+
+WEIGHT_GRAD_SHAPES = [
+    pytest.param(1, 16, 16, False, id="M1-N16-K16"),
+    pytest.param(37, 33, 48, False, id="M37-N33-K48"),
+    pytest.param(70, 130, 96, True, id="M70-N130-K96-strided"),
+    pytest.param(300, 200, 272, False, id="M300-N200-K272"),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("m,n,k,strided", WEIGHT_GRAD_SHAPES)
+def test_weight_grad_matches_reference(backend, device, m, n, k, strided, dtype):
+    """dWs = mask ⊙ (dyᵀ·x) in the compressed layout, on every backend that has it, every dtype (the CUDA core's
+    kernel: fp16/bf16 tiles on the tensor cores, fp32 on FFMA), at shapes past every tile edge and, for the
+    largest, through 128 x 128 tiles; strided inputs are row views of wider tensors."""
+    if backend == "triton" and device.type == "cpu" and max(m, n, k) > 128:
+        pytest.skip("too large for the Triton interpreter")
+    pad = 8 if strided else 0
+    dy = torch.randn(m, n + pad, device=device).to(dtype)[:, pad:]
+    x = torch.randn(m, k + pad, device=device).to(dtype)[:, :k]
+    _, meta = ref.compress_2to4(torch.randn(n, k, device=device))
+    got = torch.ops.perfkern.sparse24_weight_grad(dy, x, meta)
+    assert perfkern.last_backend("sparse24_weight_grad") == backend
+    truth = ref.gather_2to4(dy.double().t() @ x.double(), meta)
+    assert_within_torch_error(got, truth, ref.gather_2to4(dy.t() @ x, meta), "d_values")
 
 
 def test_reference_backward_is_the_gradient_of_the_forward():

@@ -37,6 +37,33 @@ int64_t perfkern_sparse24_mma_meta_size(int64_t rows, int64_t meta_cols) {
   return rows < 0 || meta_cols < 0 ? 0 : (rows + 31) / 32 * 32 * meta_cols;
 }
 
+int64_t perfkern_pera_expanded_rank(int64_t r, perfkern_pera_mode_t mode) {
+  // A property of the operator, not of a kernel: the same answer in every build.
+  if (r < 0 || (mode != PERFKERN_PERA_FULL && mode != PERFKERN_PERA_SQUARE && mode != PERFKERN_PERA_CROSS)) {
+    return 0;
+  }
+  return r + (mode == PERFKERN_PERA_FULL ? r * (r + 1) / 2 : mode == PERFKERN_PERA_SQUARE ? r : r * (r - 1) / 2);
+}
+
+// The workspace sizes belong to launchers this build does not have.
+perfkern_status_t perfkern_pera_backward_workspace_size(const perfkern_pera_backward_params_t* params,
+                                                        int64_t* bytes) {
+  (void)params;
+  if (bytes != nullptr) {
+    *bytes = 0;
+  }
+  return not_built();
+}
+
+perfkern_status_t perfkern_dendrite_correlation_workspace_size(const perfkern_dendrite_correlation_params_t* params,
+                                                               int64_t* bytes) {
+  (void)params;
+  if (bytes != nullptr) {
+    *bytes = 0;
+  }
+  return not_built();
+}
+
 // Every launcher of perfkern.h that takes a cudaStream_t (tests/test_build.py checks the list is complete).
 #define PERFKERN_NO_CUDA(name, params_t)                                  \
   perfkern_status_t name(const params_t* params, cudaStream_t stream) { \
@@ -51,5 +78,13 @@ PERFKERN_NO_CUDA(perfkern_sparse24_gather, perfkern_sparse24_gather_params_t)
 PERFKERN_NO_CUDA(perfkern_sparse24_meta_reorder, perfkern_sparse24_meta_reorder_params_t)
 PERFKERN_NO_CUDA(perfkern_sparse24_meta_to_mma, perfkern_sparse24_meta_to_mma_params_t)
 PERFKERN_NO_CUDA(perfkern_sparse24_mm, perfkern_sparse24_mm_params_t)
+PERFKERN_NO_CUDA(perfkern_sparse24_weight_grad, perfkern_sparse24_weight_grad_params_t)
+PERFKERN_NO_CUDA(perfkern_sparse24_transpose_prune, perfkern_sparse24_transpose_prune_params_t)
+PERFKERN_NO_CUDA(perfkern_pera_forward, perfkern_pera_forward_params_t)
+PERFKERN_NO_CUDA(perfkern_pera_delta_weight, perfkern_pera_delta_weight_params_t)
+PERFKERN_NO_CUDA(perfkern_pera_backward, perfkern_pera_backward_params_t)
+PERFKERN_NO_CUDA(perfkern_dendrite_correlation, perfkern_dendrite_correlation_params_t)
+PERFKERN_NO_CUDA(perfkern_dendrite_grad, perfkern_dendrite_grad_params_t)
+PERFKERN_NO_CUDA(perfkern_dendrite_state_update, perfkern_dendrite_state_update_params_t)
 
 }  // extern "C"

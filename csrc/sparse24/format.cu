@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "common/cuda_internal.h"
+#include "common/kernel.cuh"
 #include "perfkern/perfkern.h"
 #include "sparse24/sparse24.cuh"
 
@@ -36,8 +37,7 @@ perfkern_status_t launch(const Params& p, cudaStream_t stream) {
   const typename Op::Args a = Op::args(p);
   unsigned int blocks = 0;
   PERFKERN_RETURN_IF_ERROR(detail::grid_size(p.device, p.rows * a.chunks_per_row, kThreads, &blocks));
-  chunk_kernel<typename Op::Args, Op::kItem><<<blocks, kThreads, 0, stream>>>(a);
-  return detail::check_launch(Op::kKernelName);
+  return detail::launch(Op::kKernelName, chunk_kernel<typename Op::Args, Op::kItem>, blocks, kThreads, 0, stream, a);
 }
 
 // Op<T> for the element type T: operands(p) (the roles of its tensors), args(p) (its kernel arguments),

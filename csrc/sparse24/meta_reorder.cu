@@ -1,6 +1,7 @@
 #include <cstdint>
 
 #include "common/cuda_internal.h"
+#include "common/kernel.cuh"
 #include "perfkern/perfkern.h"
 #include "sparse24/sparse24.cuh"
 
@@ -53,6 +54,5 @@ extern "C" perfkern_status_t perfkern_sparse24_meta_reorder(const perfkern_spars
   a.cutlass_vec = reinterpret_cast<uintptr_t>(cutlass) % 16 == 0;
   unsigned int blocks = 0;
   PERFKERN_RETURN_IF_ERROR(grid_size(p.device, meta_reorder_items(p.rows, p.meta_cols), kThreads, &blocks));
-  meta_reorder_kernel<<<blocks, kThreads, 0, stream>>>(a);
-  return check_launch("sparse24 meta_reorder kernel");
+  return launch("sparse24 meta_reorder kernel", meta_reorder_kernel, blocks, kThreads, 0, stream, a);
 }

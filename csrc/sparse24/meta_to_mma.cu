@@ -1,6 +1,7 @@
 #include <cstdint>
 
 #include "common/cuda_internal.h"
+#include "common/kernel.cuh"
 #include "perfkern/perfkern.h"
 #include "sparse24/mma_layout.cuh"
 
@@ -59,7 +60,6 @@ extern "C" perfkern_status_t perfkern_sparse24_meta_to_mma(const perfkern_sparse
   const int64_t items = mma::meta_to_mma_items(p.rows, p.meta_cols);
   unsigned int blocks = 0;
   PERFKERN_RETURN_IF_ERROR(grid_size(p.device, items, kMetaThreads, &blocks));
-  meta_to_mma_kernel<<<blocks, kMetaThreads, 0, stream>>>(reinterpret_cast<const uint16_t*>(p.src),
-                                                           reinterpret_cast<uint32_t*>(p.dst), p.rows, p.meta_cols);
-  return check_launch("sparse24 meta_to_mma kernel");
+  return launch("sparse24 meta_to_mma kernel", meta_to_mma_kernel, blocks, kMetaThreads, 0, stream,
+                reinterpret_cast<const uint16_t*>(p.src), reinterpret_cast<uint32_t*>(p.dst), p.rows, p.meta_cols);
 }

@@ -17,6 +17,8 @@
 #include <cuda_runtime.h>
 
 #include "common/cuda_internal.h"
+#include "common/kernel.cuh"
+#include "common/ptx.cuh"
 #include "perfkern/perfkern.h"
 #include "sparse24/mma_layout.cuh"
 
@@ -75,46 +77,15 @@ __host__ __device__ __forceinline__ uint32_t pack2(uint16_t lo, uint16_t hi) {
   return static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16);
 }
 
-#ifdef __CUDACC__
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16 bytes global -> shared, bypassing L1; src_bytes = 0 writes zeros without reading.
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
-  const int src_bytes = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
-}
-
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
+#if PERFKERN_DEVICE_CODE
 
 // d += A (16 x 32, 2:4, metadata e, selector kSel) * B (32 x 8).
 template <typename T, int kSel>
 __device__ __forceinline__ void mma_sp(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[4], uint32_t e) {
   if constexpr (std::is_same<T, __half>::value) {
-    asm("mma.sp::ordered_metadata.sync.aligned.m16n8k32.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
-        "{%4, %5, %6, %7}, {%8, %9, %10, %11}, {%0, %1, %2, %3}, %12, %13;\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(b[2]), "r"(b[3]), "r"(e),
-          "n"(kSel));
+    ptx::mma_sp_m16n8k32_f32_f16<kSel>(d, a, b, e);
   } else {
-    asm("mma.sp::ordered_metadata.sync.aligned.m16n8k32.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-        "{%4, %5, %6, %7}, {%8, %9, %10, %11}, {%0, %1, %2, %3}, %12, %13;\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(b[2]), "r"(b[3]), "r"(e),
-          "n"(kSel));
+    ptx::mma_sp_m16n8k32_f32_bf16<kSel>(d, a, b, e);
   }
 }
 
@@ -122,15 +93,9 @@ __device__ __forceinline__ void mma_sp(float (&d)[4], const uint32_t (&a)[4], co
 template <typename T>
 __device__ __forceinline__ void mma_dense(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
   if constexpr (std::is_same<T, __half>::value) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    ptx::mma_m16n8k16_f32_f16(d, a, b);
   } else {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    ptx::mma_m16n8k16_f32_bf16(d, a, b);
   }
 }
 
@@ -142,8 +107,9 @@ __device__ __forceinline__ void load_chunk(unsigned char* stage, const LoadTask&
                                            bool vec) {
   unsigned char* dst = stage + t.dst;
   if (vec) {
-    cp_async16(smem_addr(dst), t.valid ? static_cast<const void*>(base + t.src) : static_cast<const void*>(base),
-               t.valid);
+    ptx::cp_async_cg_shared_global_16(
+        ptx::smem_addr(dst), t.valid ? static_cast<const void*>(base + t.src) : static_cast<const void*>(base),
+        t.valid ? 16 : 0);
     return;
   }
   uint16_t e[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -181,7 +147,7 @@ __device__ __forceinline__ void load_stage(const MmArgs& a, unsigned char* stage
   for_each_task<L::kMeta, Cfg::kThreads>([&](int v) {
     const LoadTask t = meta_load<Cfg>(v, n0, kt, a.n, a.k);
     if (t.valid) {
-      cp_async16(smem_addr(stage + t.dst), a.meta + t.src, true);
+      ptx::cp_async_cg_shared_global_16(ptx::smem_addr(stage + t.dst), a.meta + t.src, 16);
     }
   });
 }
@@ -251,14 +217,16 @@ __device__ __forceinline__ void compute_stage(const MmArgs& a, const unsigned ch
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
         const SmemPos p = a_ldmatrix_src(lane, kBlockRows * w.n + 16 * i, s);
-        ldmatrix_x4(af[i], smem_addr(stage + val_smem_offset<Cfg>(p.row, p.chunk)));
+        const uint32_t addr = ptx::smem_addr(stage + val_smem_offset<Cfg>(p.row, p.chunk));
+        ptx::ldmatrix_sync_aligned_m8n8_x4_shared_b16(af[i], addr);
       }
 #pragma unroll
       for (int jm = 0; jm < Cfg::kMI; ++jm) {
         if (8 * jm < m_left) {
           uint32_t bf[4];
           const SmemPos p = b_ldmatrix_src(lane, Cfg::kWarpM * w.m + 8 * jm, s);
-          ldmatrix_x4(bf, smem_addr(stage + x_smem_offset<Cfg>(p.row, p.chunk)));
+          const uint32_t addr = ptx::smem_addr(stage + x_smem_offset<Cfg>(p.row, p.chunk));
+          ptx::ldmatrix_sync_aligned_m8n8_x4_shared_b16(bf, addr);
           mma_sp<T, 0>(acc[0][jm], af[0], bf, e);
           mma_sp<T, 1>(acc[1][jm], af[1], bf, e);
         }
@@ -269,7 +237,7 @@ __device__ __forceinline__ void compute_stage(const MmArgs& a, const unsigned ch
 
 template <typename T, class Cfg>
 __global__ void __launch_bounds__(Cfg::kThreads) sparse24_mm_kernel(const MmArgs a) {
-  extern __shared__ uint4 smem_u4[];
+  PERFKERN_DYNAMIC_SMEM(uint4, smem_u4);
   unsigned char* smem = reinterpret_cast<unsigned char*>(smem_u4);
   const int lane = threadIdx.x & 31;
   const WarpCoord w = warp_coord<Cfg>(threadIdx.x >> 5);
@@ -288,7 +256,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) sparse24_mm_kernel(const MmArgs
     if (s < k_tiles) {
       load_stage<Cfg>(a, smem + s * Cfg::kStageBytes, n0, m0, s);
     }
-    cp_async_commit();
+    ptx::cp_async_commit_group();
   }
 
   float acc[2][Cfg::kMI][4];
@@ -308,19 +276,19 @@ __global__ void __launch_bounds__(Cfg::kThreads) sparse24_mm_kernel(const MmArgs
   }
 
   for (int64_t kt = 0; kt < k_tiles; ++kt) {
-    cp_async_wait<Cfg::kStages - 2>();
+    ptx::cp_async_wait_group<Cfg::kStages - 2>();
     __syncthreads();
     // The stage refilled here was consumed in the previous iteration, before the barrier.
     const int64_t next = kt + Cfg::kStages - 1;
     if (next < k_tiles) {
       load_stage<Cfg>(a, smem + (next % Cfg::kStages) * Cfg::kStageBytes, n0, m0, next);
     }
-    cp_async_commit();
+    ptx::cp_async_commit_group();
     if (active) {
       compute_stage<T, Cfg>(a, smem + (kt % Cfg::kStages) * Cfg::kStageBytes, acc, w, kt, m_left, lane);
     }
   }
-  cp_async_wait<0>();
+  ptx::cp_async_wait_group<0>();
   __syncthreads();
 
   if constexpr (Cfg::kWarpsK > 1) {
@@ -419,16 +387,7 @@ perfkern_status_t launch_output_tiles(Kernel kernel, MmArgs a, cudaStream_t stre
                                                           std::to_string(Cfg::BM) + " x " + std::to_string(Cfg::BN) +
                                                           ", got " + std::to_string(tiles));
   }
-  if (Cfg::kSmemBytes > 48 * 1024) {
-    const cudaError_t err =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
-    if (err != cudaSuccess) {
-      const std::string what = std::string("cudaFuncSetAttribute(") + name + ", max dynamic shared memory)";
-      return detail::cuda_fail(err, what.c_str());
-    }
-  }
-  kernel<<<static_cast<unsigned int>(tiles), Cfg::kThreads, Cfg::kSmemBytes, stream>>>(a);
-  return detail::check_launch(name);
+  return detail::launch(name, kernel, static_cast<unsigned int>(tiles), Cfg::kThreads, Cfg::kSmemBytes, stream, a);
 }
 
 template <typename T, class Cfg>
@@ -447,7 +406,7 @@ perfkern_status_t launch_mm(const MmArgs& a, cudaStream_t stream) {
   return launch_tiles<T, LargeTiles>(a, stream);
 }
 
-#endif  // __CUDACC__
+#endif  // PERFKERN_DEVICE_CODE
 
 // One translation unit per dtype (mm_f16.cu, mm_bf16.cu), so that nvcc builds them in parallel.
 perfkern_status_t launch_mm_f16(const MmArgs& a, cudaStream_t stream);

@@ -10,6 +10,8 @@
 #ifndef PERFKERN_SPARSE24_MM_WGMMA_KERNEL_CUH_
 #define PERFKERN_SPARSE24_MM_WGMMA_KERNEL_CUH_
 
+#include "common/kernel.cuh"
+#include "common/ptx.cuh"
 #include "sparse24/mm_kernel.cuh"
 #include "sparse24/wgmma_layout.cuh"
 
@@ -19,81 +21,35 @@ namespace wgmma {
 
 using mma::MmArgs;
 
-#ifdef __CUDACC__
+#if PERFKERN_DEVICE_CODE
 
 // The instructions below exist only in the sm_90a target; other targets compile an empty kernel that
 // the launcher never starts (it checks the device and the binary it would run).
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#if PERFKERN_ARCH_SM90A
 #define PERFKERN_WGMMA_ENABLED 1
 #endif
 
 #ifdef PERFKERN_WGMMA_ENABLED
 
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-
-template <int N>
-__device__ __forceinline__ void wgmma_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-
-// Keeps the compiler from moving accesses to the accumulators across the asynchronous wgmma window.
-template <int N>
-__device__ __forceinline__ void fence_operands(float (&d)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) {
-    asm volatile("" : "+f"(d[i])::"memory");
-  }
-}
-
-// Shared memory written through the generic proxy (cp.async, st.shared) becomes visible to the
-// tensor cores' async proxy.
-__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-
-#define PERFKERN_ACC8(i)                                                                                \
-  "+f"(d[(i)]), "+f"(d[(i) + 1]), "+f"(d[(i) + 2]), "+f"(d[(i) + 3]), "+f"(d[(i) + 4]), "+f"(d[(i) + 5]), \
-      "+f"(d[(i) + 6]), "+f"(d[(i) + 7])
-#define PERFKERN_ACC32 PERFKERN_ACC8(0), PERFKERN_ACC8(8), PERFKERN_ACC8(16), PERFKERN_ACC8(24)
-#define PERFKERN_ACC64 PERFKERN_ACC32, PERFKERN_ACC8(32), PERFKERN_ACC8(40), PERFKERN_ACC8(48), PERFKERN_ACC8(56)
-
-#define PERFKERN_REGS32                                                                                     \
-  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, " \
-  "%23, %24, %25, %26, %27, %28, %29, %30, %31}"
-#define PERFKERN_REGS64                                                                                      \
-  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, "  \
-  "%23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, "   \
-  "%44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
-
 // d (64 x N, fp32) += A (64 x 32, 2:4, shared memory) * B (32 x N, shared memory); both K-major,
 // metadata e with sparsity selector 0; the accumulators are always read (scale-d = 1).
-#define PERFKERN_WGMMA_SP(N, TYPE, REGS, ACC, OA, OB, OE, OS)                                       \
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #OS ", 0;\n"                                        \
-               "wgmma.mma_async.sp.sync.aligned.m64n" #N "k32.f32." TYPE "." TYPE " " REGS ", %" #OA ", %" #OB \
-               ", %" #OE ", 0, p, 1, 1, 0, 0;\n}\n"                                                     \
-               : ACC                                                                                   \
-               : "l"(a_desc), "l"(b_desc), "r"(e), "r"(1u)                                             \
-               : "memory")
-
 template <typename T, int N>
 __device__ __forceinline__ void wgmma_sp(float (&d)[N / 2], uint64_t a_desc, uint64_t b_desc, uint32_t e) {
   static_assert(N == 64 || N == 128, "instantiated for BM = 64 and 128");
   if constexpr (N == 64) {
     if constexpr (std::is_same<T, __half>::value) {
-      PERFKERN_WGMMA_SP(64, "f16", PERFKERN_REGS32, PERFKERN_ACC32, 32, 33, 34, 35);
+      ptx::wgmma_mma_async_sp_m64n64k32_f32_f16(d, a_desc, b_desc, e, 1u);
     } else {
-      PERFKERN_WGMMA_SP(64, "bf16", PERFKERN_REGS32, PERFKERN_ACC32, 32, 33, 34, 35);
+      ptx::wgmma_mma_async_sp_m64n64k32_f32_bf16(d, a_desc, b_desc, e, 1u);
     }
   } else {
     if constexpr (std::is_same<T, __half>::value) {
-      PERFKERN_WGMMA_SP(128, "f16", PERFKERN_REGS64, PERFKERN_ACC64, 64, 65, 66, 67);
+      ptx::wgmma_mma_async_sp_m64n128k32_f32_f16(d, a_desc, b_desc, e, 1u);
     } else {
-      PERFKERN_WGMMA_SP(128, "bf16", PERFKERN_REGS64, PERFKERN_ACC64, 64, 65, 66, 67);
+      ptx::wgmma_mma_async_sp_m64n128k32_f32_bf16(d, a_desc, b_desc, e, 1u);
     }
   }
 }
-
-#undef PERFKERN_WGMMA_SP
 
 template <class Cfg>
 __device__ __forceinline__ void load_stage(const MmArgs& a, unsigned char* stage, int64_t n0, int64_t m0, int64_t kt) {
@@ -107,9 +63,10 @@ __device__ __forceinline__ void load_stage(const MmArgs& a, unsigned char* stage
   mma::for_each_task<L::kMeta, Cfg::kThreads>([&](int v) {
     const LoadTask t = meta_load<Cfg>(v, n0, kt, a.n, a.k);
     if (t.valid) {
-      mma::cp_async16(mma::smem_addr(stage + t.dst), a.meta + t.src, true);
+      ptx::cp_async_cg_shared_global_16(ptx::smem_addr(stage + t.dst), a.meta + t.src, 16);
     } else {
-      *reinterpret_cast<uint4*>(stage + t.dst) = make_uint4(kPadMeta, kPadMeta, kPadMeta, kPadMeta);
+      *reinterpret_cast<uint4*>(stage + t.dst) =
+          make_uint4(kPadMetaWord, kPadMetaWord, kPadMetaWord, kPadMetaWord);
     }
   });
 }
@@ -167,12 +124,12 @@ __device__ __forceinline__ void add_low_rank(const MmArgs& a, float (&acc)[Cfg::
 template <typename T, class Cfg>
 __global__ void __launch_bounds__(Cfg::kThreads, 1) sparse24_mm_wgmma_kernel(const MmArgs a) {
 #ifdef PERFKERN_WGMMA_ENABLED
-  extern __shared__ uint4 smem_u4[];
+  PERFKERN_DYNAMIC_SMEM(uint4, smem_u4);
   // Swizzle atoms must be 1024-byte aligned in the shared window; kSmemBytes has room to align.
-  const uint32_t raw = mma::smem_addr(smem_u4);
+  const uint32_t raw = ptx::smem_addr(smem_u4);
   const uint32_t aligned = (raw + kAtomBytes - 1) & ~static_cast<uint32_t>(kAtomBytes - 1);
   unsigned char* smem = reinterpret_cast<unsigned char*>(smem_u4) + (aligned - raw);
-  const uint32_t smem_base = mma::smem_addr(smem);
+  const uint32_t smem_base = ptx::smem_addr(smem);
 
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
@@ -193,7 +150,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) sparse24_mm_wgmma_kernel(con
     if (s < k_tiles) {
       wgmma::load_stage<Cfg>(a, smem + s * Cfg::kStageBytes, n0, m0, s);
     }
-    mma::cp_async_commit();
+    ptx::cp_async_commit_group();
   }
 
   float acc[Cfg::kAcc];
@@ -206,14 +163,14 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) sparse24_mm_wgmma_kernel(con
     // Stage kt has landed (this thread's copies), is visible to the tensor cores, and, after the
     // barrier, everyone's copies are. The barrier also follows every warpgroup's wait for the wgmma
     // of stage kt - 2, the stage that the refill below overwrites.
-    mma::cp_async_wait<kAhead - 1>();
-    fence_proxy_async();
+    ptx::cp_async_wait_group<kAhead - 1>();
+    ptx::fence_proxy_async_shared_cta();
     __syncthreads();
     const int64_t next = kt + kAhead;
     if (next < k_tiles) {
       wgmma::load_stage<Cfg>(a, smem + (next % Cfg::kStages) * Cfg::kStageBytes, n0, m0, next);
     }
-    mma::cp_async_commit();
+    ptx::cp_async_commit_group();
     // Issued unconditionally (a branch around wgmma makes ptxas serialise them): the k32 steps past K,
     // and the rows past N, hold zero values and x and padding metadata, so they add exact zeros.
     const int stage_off = static_cast<int>(kt % Cfg::kStages) * Cfg::kStageBytes;
@@ -223,24 +180,24 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) sparse24_mm_wgmma_kernel(con
       e[s] = *reinterpret_cast<const uint32_t*>(smem + stage_off + meta_smem_offset<Cfg>(slot.block, s) +
                                                 4 * slot.word);
     }
-    fence_operands(acc);
-    wgmma_fence();
+    ptx::fence_operands(acc);
+    ptx::wgmma_fence_sync_aligned();
 #pragma unroll
     for (int s = 0; s < Cfg::kSteps; ++s) {
       const uint64_t a_desc = sw128_desc(smem_base + stage_off + a_desc_offset<Cfg>(wg, s));
       const uint64_t b_desc = sw128_desc(smem_base + stage_off + b_desc_offset<Cfg>(s));
       wgmma_sp<T, Cfg::BM>(acc, a_desc, b_desc, e[s]);
     }
-    wgmma_commit();
-    wgmma_wait<1>();
-    fence_operands(acc);
+    ptx::wgmma_commit_group_sync_aligned();
+    ptx::wgmma_wait_group_sync_aligned<1>();
+    ptx::fence_operands(acc);
   }
-  wgmma_wait<0>();
-  fence_operands(acc);
+  ptx::wgmma_wait_group_sync_aligned<0>();
+  ptx::fence_operands(acc);
   if (active && a.r > 0) {
     wgmma::add_low_rank<T, Cfg>(a, acc, wg_n0 + 16 * warp_in_wg, m0, lane);
   }
-  mma::cp_async_wait<0>();
+  ptx::cp_async_wait_group<0>();
   __syncthreads();
 
   // Output tile [BM][BN] staged in shared memory, then stored along N with 16-byte stores.
@@ -328,7 +285,7 @@ perfkern_status_t launch_wgmma_mm(const MmArgs& a, cudaStream_t stream) {
   return launch_wgmma_tiles<T, LargeTiles>(a, stream);
 }
 
-#endif  // __CUDACC__
+#endif  // PERFKERN_DEVICE_CODE
 
 // One translation unit per dtype (mm_wgmma_f16.cu, mm_wgmma_bf16.cu). `runnable` says whether the
 // current device can run the kernel (checked once per device by the caller).

@@ -14,6 +14,8 @@
 
 #include <cuda_runtime.h>
 
+#include "common/kernel.cuh"
+
 namespace perfkern {
 namespace sparse24 {
 namespace mma {
@@ -23,6 +25,8 @@ constexpr int kBlockRows = 32;
 constexpr int kStepK = 32;
 // (0, 1) in all four groups: the word that padding rows carry (0b0000 is not a valid nibble).
 constexpr uint32_t kPadMeta = 0x4444u;
+// A metadata register holds two rows (g and g + 8 of an m16 tile): padding fills both halves.
+constexpr uint32_t kPadMetaWord = kPadMeta | (kPadMeta << 16);
 
 __host__ __device__ __forceinline__ int64_t meta_blocks(int64_t rows) { return (rows + kBlockRows - 1) / kBlockRows; }
 
@@ -56,7 +60,7 @@ __host__ __device__ __forceinline__ uint32_t canonical_meta(const uint16_t* src,
   if (row >= rows) {
     return kPadMeta;
   }
-#ifdef __CUDA_ARCH__
+#if PERFKERN_ON_DEVICE
   return __ldg(src + row * meta_cols + col);
 #else
   return src[row * meta_cols + col];
@@ -84,7 +88,7 @@ __host__ __device__ __forceinline__ void meta_to_mma_item(const uint16_t* src, u
            (canonical_meta(src, rows, meta_cols, s.row_hi, s.col) << 16);
   }
   const uint4 v = make_uint4(w[0], w[1], w[2], w[3]);
-#ifdef __CUDA_ARCH__
+#if PERFKERN_ON_DEVICE
   *reinterpret_cast<uint4*>(dst + word0) = v;
 #else
   memcpy(dst + word0, &v, sizeof(v));

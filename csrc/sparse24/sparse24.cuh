@@ -16,6 +16,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "common/kernel.cuh"
+
 namespace perfkern {
 namespace sparse24 {
 
@@ -138,7 +140,7 @@ __host__ __device__ __forceinline__ void gather_chunk(uint32_t meta, const Bits 
 
 // Loads / stores of N elements at p. With vec, p must be 16-byte aligned and N * sizeof(Bits) a
 // multiple of 16; otherwise elements are accessed one by one. (Host builds of these helpers exist
-// so that the item functions below can be checked on a machine without a GPU.)
+// so that the item functions below can be called directly on a host.)
 template <typename Bits, int N>
 __host__ __device__ __forceinline__ void load_elems(const Bits* __restrict__ p, bool vec, Bits (&out)[N]) {
   static_assert((N * sizeof(Bits)) % 16 == 0, "chunk must be a whole number of 16-byte vectors");
@@ -147,7 +149,7 @@ __host__ __device__ __forceinline__ void load_elems(const Bits* __restrict__ p, 
   if (vec) {
 #pragma unroll
     for (int k = 0; k < kVecs; ++k) {
-#ifdef __CUDA_ARCH__
+#if PERFKERN_ON_DEVICE
       const uint4 w = __ldg(reinterpret_cast<const uint4*>(p) + k);
 #else
       uint4 w;
@@ -173,7 +175,7 @@ __host__ __device__ __forceinline__ void store_elems(Bits* __restrict__ p, bool 
     for (int k = 0; k < kVecs; ++k) {
       uint4 w;
       memcpy(&w, &in[k * kPerVec], 16);
-#ifdef __CUDA_ARCH__
+#if PERFKERN_ON_DEVICE
       reinterpret_cast<uint4*>(p)[k] = w;
 #else
       memcpy(p + k * kPerVec, &w, 16);
@@ -212,7 +214,7 @@ __host__ __device__ __forceinline__ void walk_chunks(int64_t first, int64_t step
   }
 }
 
-#ifdef __CUDACC__
+#if PERFKERN_DEVICE_CODE
 // Grid-stride walk of the calling thread.
 template <typename F>
 __device__ __forceinline__ void for_each_chunk(int64_t rows, int64_t chunks_per_row, F&& body) {
@@ -260,7 +262,7 @@ __host__ __device__ __forceinline__ void compress_item(const CompressArgs<typena
     uint8_t* m = a.mask + row * a.mask_row_stride + chunk * kChunkCols;
     if (a.mask_vec) {
       const uint4 w = make_uint4(mask[0], mask[1], mask[2], mask[3]);
-#ifdef __CUDA_ARCH__
+#if PERFKERN_ON_DEVICE
       *reinterpret_cast<uint4*>(m) = w;
 #else
       memcpy(m, &w, 16);
@@ -291,7 +293,7 @@ struct DecompressArgs {
 };
 
 __host__ __device__ __forceinline__ uint32_t load_meta(const int16_t* p) {
-#ifdef __CUDA_ARCH__
+#if PERFKERN_ON_DEVICE
   return static_cast<uint16_t>(__ldg(p));
 #else
   return static_cast<uint16_t>(*p);
@@ -385,7 +387,7 @@ __host__ __device__ __forceinline__ void meta_reorder_item(const MetaReorderArgs
       uint16_t lo;
       uint16_t hi;
       if (a.canonical_vec) {
-#ifdef __CUDA_ARCH__
+#if PERFKERN_ON_DEVICE
         const uint32_t w = __ldg(reinterpret_cast<const unsigned int*>(p));
 #else
         uint32_t w;
@@ -411,7 +413,7 @@ __host__ __device__ __forceinline__ void meta_reorder_item(const MetaReorderArgs
       const uint16_t hi = block[4 * (s / 2) + 2 + (s % 2)];
       if (a.canonical_vec) {
         const uint32_t w = static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16);
-#ifdef __CUDA_ARCH__
+#if PERFKERN_ON_DEVICE
         *reinterpret_cast<uint32_t*>(p) = w;
 #else
         memcpy(p, &w, 4);

@@ -21,6 +21,7 @@ namespace wgmma {
 
 using mma::kBlockRows;
 using mma::kPadMeta;
+using mma::kPadMetaWord;
 using mma::kStepK;
 using mma::LoadTask;
 // The metadata region of a stage and its loads have the mma.sp kernel's shape (kMetaOffset, kSteps); a block

@@ -1,10 +1,13 @@
 // Minimal consumer of perfkern's C API: prints the build, runs the CPU 2:4 product (every build has it) on a small
 // problem and checks it against a plain loop, lists the device and, when there is one, checks a compress ->
-// decompress round trip of a 64x64 fp32 matrix that already is 2:4 sparse. Against a build without CUDA
-// (PERFKERN_EXAMPLE_CUDA undefined) it reports the build and that it has no device.
+// decompress round trip of a 64x64 fp32 matrix that already is 2:4 sparse. Against a CUDA build
+// (PERFKERN_EXAMPLE_CUDA) the buffers are device memory; against the emulated build (PERFKERN_EXAMPLE_EMULATED)
+// the kernels run on the CPU, on host memory, before each launcher returns; a build without CUDA reports the
+// build and that it has no device.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -23,7 +26,7 @@ bool perfkern_ok(perfkern_status_t status, const char* what) {
   return true;
 }
 
-#ifdef PERFKERN_EXAMPLE_CUDA
+#if defined(PERFKERN_EXAMPLE_CUDA)
 
 bool cuda_ok(cudaError_t err, const char* what) {
   if (err != cudaSuccess) {
@@ -32,6 +35,42 @@ bool cuda_ok(cudaError_t err, const char* what) {
   }
   return true;
 }
+
+// The launchers' memory: the GPU's.
+bool use_device(int device) { return cuda_ok(cudaSetDevice(device), "cudaSetDevice"); }
+bool device_alloc(void** p, size_t bytes) { return cuda_ok(cudaMalloc(p, bytes), "cudaMalloc"); }
+void device_free(void* p) { cudaFree(p); }
+bool to_device(void* dst, const void* src, size_t bytes) {
+  return cuda_ok(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "cudaMemcpy");
+}
+bool device_fill(void* p, int byte, size_t bytes) { return cuda_ok(cudaMemset(p, byte, bytes), "cudaMemset"); }
+bool to_host(void* dst, const void* src, size_t bytes) {
+  return cuda_ok(cudaDeviceSynchronize(), "cudaDeviceSynchronize") &&
+         cuda_ok(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy");
+}
+
+#elif defined(PERFKERN_EXAMPLE_EMULATED)
+
+// The launchers' memory: the emulated device computes on host memory.
+bool use_device(int) { return true; }
+bool device_alloc(void** p, size_t bytes) { return (*p = std::malloc(bytes)) != nullptr; }
+void device_free(void* p) { std::free(p); }
+bool to_device(void* dst, const void* src, size_t bytes) {
+  std::memcpy(dst, src, bytes);
+  return true;
+}
+bool device_fill(void* p, int byte, size_t bytes) {
+  std::memset(p, byte, bytes);
+  return true;
+}
+bool to_host(void* dst, const void* src, size_t bytes) {
+  std::memcpy(dst, src, bytes);
+  return true;
+}
+
+#endif
+
+#if defined(PERFKERN_EXAMPLE_CUDA) || defined(PERFKERN_EXAMPLE_EMULATED)
 
 int round_trip(int device) {
   constexpr int64_t kRows = 64;
@@ -47,18 +86,17 @@ int round_trip(int device) {
     }
   }
 
-  if (!cuda_ok(cudaSetDevice(device), "cudaSetDevice")) return 1;
+  if (!use_device(device)) return 1;
   float* d_src = nullptr;
   float* d_values = nullptr;
   int16_t* d_meta = nullptr;
   float* d_dense = nullptr;
   const size_t dense_bytes = sizeof(float) * kRows * kCols;
-  bool ok = cuda_ok(cudaMalloc(&d_src, dense_bytes), "cudaMalloc") &&
-            cuda_ok(cudaMalloc(&d_values, dense_bytes / 2), "cudaMalloc") &&
-            cuda_ok(cudaMalloc(&d_meta, sizeof(int16_t) * kRows * (kCols / 16)), "cudaMalloc") &&
-            cuda_ok(cudaMalloc(&d_dense, dense_bytes), "cudaMalloc") &&
-            cuda_ok(cudaMemcpy(d_src, host.data(), dense_bytes, cudaMemcpyHostToDevice), "cudaMemcpy") &&
-            cuda_ok(cudaMemset(d_dense, 0xff, dense_bytes), "cudaMemset");
+  bool ok = device_alloc(reinterpret_cast<void**>(&d_src), dense_bytes) &&
+            device_alloc(reinterpret_cast<void**>(&d_values), dense_bytes / 2) &&
+            device_alloc(reinterpret_cast<void**>(&d_meta), sizeof(int16_t) * kRows * (kCols / 16)) &&
+            device_alloc(reinterpret_cast<void**>(&d_dense), dense_bytes) &&
+            to_device(d_src, host.data(), dense_bytes) && device_fill(d_dense, 0xff, dense_bytes);
 
   if (ok) {
     perfkern_sparse24_compress_params_t cp{};
@@ -92,13 +130,12 @@ int round_trip(int device) {
   }
   std::vector<float> back(kRows * kCols, 0.0f);
   if (ok) {
-    ok = cuda_ok(cudaDeviceSynchronize(), "cudaDeviceSynchronize") &&
-         cuda_ok(cudaMemcpy(back.data(), d_dense, dense_bytes, cudaMemcpyDeviceToHost), "cudaMemcpy");
+    ok = to_host(back.data(), d_dense, dense_bytes);
   }
-  cudaFree(d_src);
-  cudaFree(d_values);
-  cudaFree(d_meta);
-  cudaFree(d_dense);
+  device_free(d_src);
+  device_free(d_values);
+  device_free(d_meta);
+  device_free(d_dense);
   if (!ok) return 1;
 
   int64_t mismatches = 0;
@@ -120,7 +157,7 @@ int round_trip(int device) {
               static_cast<long long>(kRows), static_cast<long long>(kCols));
   return 0;
 }
-#endif  // PERFKERN_EXAMPLE_CUDA
+#endif  // PERFKERN_EXAMPLE_CUDA || PERFKERN_EXAMPLE_EMULATED
 
 // out = x . Ws^T + bias on the CPU kernels for a 2:4 weight built here in the canonical format (each group of 4
 // keeps columns (g % 3, 3): every metadata nibble is 0b11xx), against the same sum written out.
@@ -195,7 +232,7 @@ int main() {
   if (!perfkern_ok(perfkern_device_info(0, &info), "perfkern_device_info")) return 1;
   std::printf("device 0: %s, compute capability %d.%d, %d SMs, %lld bytes\n", info.name, info.major, info.minor,
               info.multiprocessor_count, static_cast<long long>(info.total_global_mem));
-#ifdef PERFKERN_EXAMPLE_CUDA
+#if defined(PERFKERN_EXAMPLE_CUDA) || defined(PERFKERN_EXAMPLE_EMULATED)
   return round_trip(0);
 #else
   return 0;

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from perfkern import _ext
+
 # Re-exported: the op modules take every helper from here.
 from perfkern.kernels._common import empty as empty
 from perfkern.kernels._common import nonempty as nonempty
@@ -40,3 +42,28 @@ def check_same_device(**tensors: torch.Tensor) -> None:
     if len(set(devices.values())) > 1:
         listed = ", ".join(f"{name} on {d}" for name, d in devices.items())
         raise ValueError(f"tensors must be on one device, got {listed}")
+
+
+def _pointers(fields: dict) -> dict:
+    """Launcher fields with tensors as pointers and None as NULL."""
+    return {key: 0 if v is None else v.data_ptr() if isinstance(v, torch.Tensor) else v for key, v in fields.items()}
+
+
+def launch_core(name: str, device: torch.device, **fields) -> None:
+    """Run the core's launcher ``name`` on the current stream of ``device`` (the emulated core's on a CPU tensor);
+    tensors are passed as pointers, None as NULL."""
+    getattr(_ext.require(), name)(stream=_ext.stream_of(device), device=_ext.device_index(device), **_pointers(fields))
+
+
+def launch_cpu(name: str, **fields) -> None:
+    """Run the CPU launcher ``name`` of ``perfkern._C`` on torch's thread count; tensors are passed as pointers,
+    None as NULL."""
+    getattr(_ext.require_cpu(), name)(num_threads=torch.get_num_threads(), **_pointers(fields))
+
+
+def core_workspace(query: str, device: torch.device, **fields) -> torch.Tensor:
+    """A workspace of the bytes the core's ``query`` asks for with these launcher fields (at least 16 bytes, so its
+    pointer is never NULL); ``device=`` and ``stream=`` are not fields of a query."""
+    fields = {key: 0 if v is None else v.data_ptr() if isinstance(v, torch.Tensor) else v for key, v in fields.items()}
+    nbytes = getattr(_ext.require(), query)(device=_ext.device_index(device), **fields)
+    return torch.empty(max(int(nbytes), 16), dtype=torch.uint8, device=device)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from perfkern import _dispatch
-from perfkern.ops._common import empty
+from perfkern import _dispatch, _ext
+from perfkern.ops._common import core_workspace, empty, launch_core
 from perfkern.reference import dendrite as ref
 
 _TRITON = "perfkern.kernels.dendrite"
@@ -25,8 +25,63 @@ def _ref_grad(values, errors, v_mean, e_mean, alpha, beta, out):
     out.copy_(ref.grad(values, errors, v_mean, e_mean, alpha, beta))
 
 
-STATS = _dispatch.OpImpls("dendrite_stats", _ref_stats, f"{_TRITON}:stats")
-GRAD = _dispatch.OpImpls("dendrite_grad", _ref_grad, f"{_TRITON}:grad")
+# CUDA backend: the core's launchers (perfkern_dendrite_*), all layers in one launch.
+
+_CORE_MODE_CC = 0
+
+
+def _values_fields(values, errors) -> dict:
+    layers, p, c, n = values.shape
+    return dict(
+        values=values, errors=errors, layers=layers, p=p, c=c, n=n, values_stride_l=values.stride(0),
+        values_stride_p=values.stride(1), values_stride_c=values.stride(2), errors_stride_l=errors.stride(0),
+        errors_stride_p=errors.stride(1), dtype=_ext.DTYPE_CODES[values.dtype],
+    )  # fmt: skip
+
+
+def _moments(prefix, v_mean, e_mean, cov=None, v_var=None, e_var=None, count=0.0) -> dict:
+    stats = dict(v_mean=v_mean, e_mean=e_mean, cov=cov, v_var=v_var, e_var=e_var)
+    return {f"{prefix}_{key}": t for key, t in stats.items()} | {f"{prefix}_count": float(count)}
+
+
+def _cuda_stats(values, errors, v_mean, e_mean, cov, v_var, e_var):
+    layers, p, c, n = values.shape
+    if c == 0:
+        raise _dispatch.BackendUnavailableError("the cuda dendrite kernels need at least one candidate (C >= 1)")
+    if layers * n == 0:
+        return
+    if p == 0:
+        for t in (v_mean, e_mean, cov, v_var, e_var):
+            t.fill_(float("nan"))
+        return
+    values, errors = values.contiguous(), errors.contiguous()
+    fields = dict(
+        **_values_fields(values, errors), **_moments("stats", v_mean, e_mean, cov, v_var, e_var), score=None,
+        mode=_CORE_MODE_CC,
+    )  # fmt: skip
+    workspace = core_workspace(
+        "dendrite_correlation_workspace_size", values.device, workspace=None, workspace_bytes=0, **fields
+    )
+    launch_core("dendrite_correlation", values.device, workspace=workspace, workspace_bytes=workspace.numel(), **fields)
+
+
+def _cuda_grad(values, errors, v_mean, e_mean, alpha, beta, out):
+    if out.numel() == 0:
+        return
+    values, errors = values.contiguous(), errors.contiguous()
+    launch_core(
+        "dendrite_grad", values.device, **_values_fields(values, errors), **_moments("batch", v_mean, e_mean),
+        alpha=alpha.float().contiguous(), beta=None if beta is None else beta.float().contiguous(), upstream=None,
+        out=out, out_stride_l=out.stride(0), out_stride_p=out.stride(1), out_stride_c=out.stride(2),
+        source=0, mode=_CORE_MODE_CC,
+    )  # fmt: skip
+
+
+# auto leaves the CUDA core's kernels out until they have passed the GPU test suite (PERFKERN_BACKEND=cuda runs
+# them).
+_PROVEN = ("triton", "reference")
+STATS = _dispatch.OpImpls("dendrite_stats", _ref_stats, f"{_TRITON}:stats", _cuda_stats, preference=_PROVEN)
+GRAD = _dispatch.OpImpls("dendrite_grad", _ref_grad, f"{_TRITON}:grad", _cuda_grad, preference=_PROVEN)
 
 
 @torch.library.custom_op("perfkern::dendrite_stats", mutates_args=())

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from perfkern import _dispatch
-from perfkern.ops._common import empty
+from perfkern import _dispatch, _ext
+from perfkern.ops._common import core_workspace, empty, launch_core, rows_contiguous
 from perfkern.reference import pera as ref
 
 
@@ -41,9 +41,72 @@ def _triton_adapter_backward(grad, x, lora_a, lora_b, h, z, scale, mode, dx, d_a
     kernels.adapter_backward(grad, x, lora_a, lora_b, h, scale, mode, dx, d_a, d_b, d_h, z=z)
 
 
-ADAPTER = _dispatch.OpImpls("pera_adapter", _ref_adapter, f"{_TRITON}:adapter")
-ADAPTER_BACKWARD = _dispatch.OpImpls("pera_adapter_backward", _ref_adapter_backward, _triton_adapter_backward)
-DELTA_WEIGHT = _dispatch.OpImpls("pera_delta_weight", _ref_delta_weight, f"{_TRITON}:delta_weight")
+# CUDA backend: the core's launchers (perfkern_pera_*), Â and B̂ generated on chip there too.
+
+_CORE_MODES = {"full": 0, "square": 1, "cross": 2}
+# Ranks the core's kernels take (the fold buffers hold [64, r + 1] fp32 per CTA).
+CUDA_MAX_RANK = 128
+
+
+def _cuda_check(lora_a: torch.Tensor) -> None:
+    if lora_a.shape[0] > CUDA_MAX_RANK:
+        raise _dispatch.BackendUnavailableError(
+            f"the cuda PERA kernels take r <= {CUDA_MAX_RANK}, got r={lora_a.shape[0]}"
+        )
+
+
+def _factor_fields(lora_a, lora_b, h, scale, mode) -> dict:
+    return dict(
+        lora_a=lora_a, lora_b=lora_b, h=h if h.numel() else None, r=lora_a.shape[0], scale=float(scale),
+        a_row_stride=lora_a.stride(0), b_row_stride=lora_b.stride(0), mode=_CORE_MODES[mode],
+        dtype=_ext.DTYPE_CODES[lora_a.dtype],
+    )  # fmt: skip
+
+
+def _cuda_adapter(x, lora_a, lora_b, h, scale, mode, out, z):
+    _cuda_check(lora_a)
+    x, lora_a, lora_b, h = rows_contiguous(x), rows_contiguous(lora_a), rows_contiguous(lora_b), h.contiguous()
+    launch_core(
+        "pera_forward", x.device, x=x, out=out, z=z, m=x.shape[0], n=lora_b.shape[0], k=x.shape[1], accumulate=0,
+        x_row_stride=x.stride(0), out_row_stride=out.stride(0), z_row_stride=z.stride(0),
+        **_factor_fields(lora_a, lora_b, h, scale, mode),
+    )  # fmt: skip
+
+
+def _cuda_adapter_backward(grad, x, lora_a, lora_b, h, z, scale, mode, dx, d_a, d_b, d_h):
+    _cuda_check(lora_a)
+    grad, x, z = rows_contiguous(grad), rows_contiguous(x), rows_contiguous(z)
+    lora_a, lora_b, h = rows_contiguous(lora_a), rows_contiguous(lora_b), h.contiguous()
+    fields = dict(
+        grad=grad, x=x, z=z, dx=dx, d_a=d_a, d_b=d_b, d_h=d_h if d_h.numel() else None, accumulate=0, m=x.shape[0],
+        n=grad.shape[1], k=x.shape[1], grad_row_stride=grad.stride(0), x_row_stride=x.stride(0),
+        z_row_stride=z.stride(0), dx_row_stride=dx.stride(0), d_a_row_stride=d_a.stride(0),
+        d_b_row_stride=d_b.stride(0), **_factor_fields(lora_a, lora_b, h, scale, mode),
+    )  # fmt: skip
+    workspace = core_workspace("pera_backward_workspace_size", x.device, workspace=None, workspace_bytes=0, **fields)
+    launch_core("pera_backward", x.device, workspace=workspace, workspace_bytes=workspace.numel(), **fields)
+
+
+def _cuda_delta_weight(lora_a, lora_b, h, scale, mode, out):
+    _cuda_check(lora_a)
+    lora_a, lora_b, h = rows_contiguous(lora_a), rows_contiguous(lora_b), h.contiguous()
+    launch_core(
+        "pera_delta_weight", lora_a.device, out=out, n=out.shape[0], k=out.shape[1], out_row_stride=out.stride(0),
+        **_factor_fields(lora_a, lora_b, h, scale, mode),
+    )  # fmt: skip
+
+
+# auto leaves the CUDA core's kernels out until they have passed the GPU test suite (PERFKERN_BACKEND=cuda runs
+# them).
+_PROVEN = ("triton", "reference")
+ADAPTER = _dispatch.OpImpls("pera_adapter", _ref_adapter, f"{_TRITON}:adapter", _cuda_adapter, preference=_PROVEN)
+ADAPTER_BACKWARD = _dispatch.OpImpls(
+    "pera_adapter_backward", _ref_adapter_backward, _triton_adapter_backward, _cuda_adapter_backward,
+    preference=_PROVEN,
+)  # fmt: skip
+DELTA_WEIGHT = _dispatch.OpImpls(
+    "pera_delta_weight", _ref_delta_weight, f"{_TRITON}:delta_weight", _cuda_delta_weight, preference=_PROVEN
+)
 
 
 @torch.library.custom_op("perfkern::pera_adapter", mutates_args=())

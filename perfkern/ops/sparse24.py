@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 
 from perfkern import _autotune, _dispatch, _ext
-from perfkern.ops._common import empty, rows_contiguous
+from perfkern.ops._common import empty, launch_cpu, rows_contiguous
+from perfkern.ops._common import launch_core as _launch
 from perfkern.reference import sparse24 as ref
 
 _TRITON = "perfkern.kernels.sparse24"
@@ -44,19 +45,8 @@ def _ref_meta_reorder(src, dst, to_cutlass):
 # CUDA backend: perfkern._C launchers over the torch-free C ABI.
 
 
-def _ptr(t: torch.Tensor | None) -> int:
-    return 0 if t is None else t.data_ptr()
-
-
 def _rs(t: torch.Tensor | None) -> int:
     return 0 if t is None else t.stride(0)
-
-
-def _launch(name: str, device: torch.device, **fields) -> None:
-    """Run the core's launcher ``name`` on the current stream of ``device``; tensors are passed as pointers, None
-    as NULL."""
-    fields = {key: _ptr(v) if v is None or isinstance(v, torch.Tensor) else v for key, v in fields.items()}
-    getattr(_ext.require(), name)(stream=_ext.stream_of(device), device=device.index, **fields)
 
 
 def _cuda_compress(src, values, meta, mask):
@@ -309,15 +299,14 @@ def _cpu_mm(x, values, meta, bias, lora_t, lora_b, scale, out, isa="auto"):
     values, meta = rows_contiguous(values), rows_contiguous(meta)
     m, k = x.shape
     has_lora = lora_t is not None
-    _ext.require_cpu().sparse24_mm_cpu(
-        x=x.data_ptr(), values=values.data_ptr(), meta=meta.data_ptr(), bias=_ptr(bias), lora_t=_ptr(lora_t),
-        lora_b=_ptr(lora_b), out=out.data_ptr(), m=m, n=values.shape[0], k=k, r=lora_t.shape[1] if has_lora else 0,
+    launch_cpu(
+        "sparse24_mm_cpu", x=x, values=values, meta=meta, bias=bias, lora_t=lora_t, lora_b=lora_b, out=out,
+        m=m, n=values.shape[0], k=k, r=lora_t.shape[1] if has_lora else 0,
         scale=float(scale), x_row_stride=x.stride(0), values_row_stride=values.stride(0),
         meta_row_stride=meta.stride(0), bias_stride=bias.stride(0) if bias is not None else 0,
         t_stride0=lora_t.stride(0) if has_lora else 0, t_stride1=lora_t.stride(1) if has_lora else 0,
         b_stride0=lora_b.stride(0) if has_lora else 0, b_stride1=lora_b.stride(1) if has_lora else 0,
-        out_row_stride=out.stride(0), dtype=_ext.DTYPE_CODES[x.dtype], num_threads=torch.get_num_threads(),
-        isa=_ext.CPU_ISAS[isa],
+        out_row_stride=out.stride(0), dtype=_ext.DTYPE_CODES[x.dtype], isa=_ext.CPU_ISAS[isa],
     )  # fmt: skip
 
 
@@ -398,14 +387,27 @@ def _weight_grad_shape(dy, x, meta, out_values):
     return x.dtype, dy.shape[0], dy.shape[1], x.shape[1], 0, False, False
 
 
-# auto (measured or not) leaves the sparse-tensor-core kernels out until they have passed the GPU test suite:
-# timing alone would pick a fast kernel whether or not it is right. PERFKERN_BACKEND=cuda runs them.
+def _cuda_weight_grad(dy, x, meta, out_values):
+    """The core's kernel: a dense tensor-core (fp32: FFMA) tile of dyᵀ·x per CTA, its kept half gathered into the
+    compressed layout in the epilogue."""
+    dy, x, meta = rows_contiguous(dy), rows_contiguous(x), rows_contiguous(meta)
+    code = _ext.DTYPE_CODES[x.dtype]
+    _launch(
+        "sparse24_weight_grad", x.device, dy=dy, x=x, meta=meta, out=out_values, m=x.shape[0], n=dy.shape[1],
+        k=x.shape[1], dy_row_stride=dy.stride(0), x_row_stride=x.stride(0), meta_row_stride=meta.stride(0),
+        out_row_stride=out_values.stride(0), accumulate=0, dtype=code, out_dtype=code,
+    )  # fmt: skip
+
+
+# auto (measured or not) leaves the CUDA core's kernels out until they have passed the GPU test suite: timing
+# alone would pick a fast kernel whether or not it is right. PERFKERN_BACKEND=cuda runs them.
 MM = _dispatch.OpImpls(
     "sparse24_mm", _ref_mm, f"{_TRITON}:mm", _cuda_mm, _cpu_mm, preference=("triton", "reference"), dense=_dense_mm,
     tuning=_autotune.Tuning(_mm_shape, outputs=(7,), release=_drop_dense_weight),
 )  # fmt: skip
 WEIGHT_GRAD = _dispatch.OpImpls(
-    "sparse24_weight_grad", _ref_weight_grad, f"{_TRITON}:weight_grad", dense=_dense_weight_grad,
+    "sparse24_weight_grad", _ref_weight_grad, f"{_TRITON}:weight_grad", _cuda_weight_grad,
+    preference=("triton", "reference"), dense=_dense_weight_grad,
     tuning=_autotune.Tuning(_weight_grad_shape, outputs=(3,)),
 )  # fmt: skip
 

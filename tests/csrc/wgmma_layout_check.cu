@@ -3,7 +3,8 @@
 // wgmma.mma_async.sp m64nNk32 (16-bit, sparsity selector 0, both operands K-major in the 128-byte
 // swizzle mode) as the PTX ISA describes it: operands addressed through the matrix descriptors the
 // kernel builds, metadata taken from the lanes the selector names, results placed by the accumulator
-// map. The product must equal the dense reference exactly (small integers). Prints "ok <cases>" or
+// map. Every metadata nibble the instruction reads must be valid (ordered indices), padding included. The
+// product must equal the dense reference exactly (small integers). Prints "ok <cases>" or
 // the first mismatch, and exits non-zero on failure.
 #include <cstdint>
 #include <cstdio>
@@ -104,7 +105,7 @@ int check(const Problem& p, int64_t tile_n, int64_t tile_m) {
     for (int v = 0; v < L::kX; ++v) copy_chunk(stage, wg::x_load<Cfg>(v, m0, kt, p.m, p.k, p.k), p.x.data());
     for (int v = 0; v < L::kMeta; ++v) {
       const wg::LoadTask t = wg::meta_load<Cfg>(v, n0, kt, p.n, p.k);
-      const uint32_t pad[4] = {wg::kPadMeta, wg::kPadMeta, wg::kPadMeta, wg::kPadMeta};
+      const uint32_t pad[4] = {wg::kPadMetaWord, wg::kPadMetaWord, wg::kPadMetaWord, wg::kPadMetaWord};
       memcpy(stage.data() + t.dst, t.valid ? static_cast<const void*>(p.meta_mma.data() + t.src) : pad, 16);
     }
     for (int wgi = 0; wgi < Cfg::kWarpgroups; ++wgi) {
@@ -138,6 +139,11 @@ int check(const Problem& p, int64_t tile_n, int64_t tile_m) {
             for (int q = 0; q < 4; ++q) {
               const uint32_t nib = (word >> (16 * hi + 4 * q)) & 0xF;
               const int idx[2] = {static_cast<int>(nib & 3), static_cast<int>(nib >> 2)};
+              if (idx[0] >= idx[1]) {  // ordered metadata: the hardware's behaviour is undefined otherwise
+                printf("FAIL invalid metadata nibble 0x%x for row %d, k32 step %d, columns %d..%d\n", nib,
+                       64 * wgi + i, s, 16 * h + 4 * q, 16 * h + 4 * q + 3);
+                return 1;
+              }
               for (int z = 0; z < 2; ++z) {
                 const int stored_col = 8 * h + 2 * q + z;
                 const float av = bf16_value(read_sw128(stage, a_desc, i, 2 * stored_col));

@@ -7,7 +7,9 @@
  *
  * The header compiles without the CUDA toolkit: cudaStream_t is then declared here, as the CUDA runtime
  * declares it. A library built without CUDA keeps the same ABI; its CUDA launchers return
- * PERFKERN_ERROR_NOT_SUPPORTED (perfkern_build_flavor() says which build a program linked).
+ * PERFKERN_ERROR_NOT_SUPPORTED. The emulated build (PERFKERN_EMULATE) keeps it too: its launchers take host
+ * pointers, accept any stream and run their kernels on the CPU before they return (perfkern_build_flavor()
+ * says which build a program linked).
  *
  * The 2:4 format (canonical, row-major, W is [rows, cols] and 2:4 along cols):
  *   values [rows, cols/2]  the kept values of each group of 4 in column order (W's dtype)
@@ -69,7 +71,8 @@ typedef struct {
 
 /* "0.1.0". */
 PERFKERN_API const char* perfkern_version(void);
-/* Architectures compiled into this library, e.g. "80;90a"; "" in a build without CUDA. */
+/* Architectures compiled into this library, e.g. "80;90a" (the emulated build, whose one binary serves an
+ * emulated sm_80 or sm_90, says "80;90a"); "" in a build without CUDA. */
 PERFKERN_API const char* perfkern_cuda_archs(void);
 /* Which build this is: "cuda" (CUDA kernels for a GPU), "emulated" (the CUDA kernels executed on the CPU,
  * PERFKERN_EMULATE) or "cpu" (no CUDA kernels: the CUDA launchers return PERFKERN_ERROR_NOT_SUPPORTED). The
@@ -240,6 +243,306 @@ typedef struct {
 } perfkern_sparse24_mm_params_t;
 
 PERFKERN_API perfkern_status_t perfkern_sparse24_mm(const perfkern_sparse24_mm_params_t* params, cudaStream_t stream);
+
+/* The sparse weight gradient, written straight into the compressed layout (no dense [n, k] intermediate):
+ *   out[r, 2g + s] (+)= sum_m dy[m, r] x[m, 4g + idx_s(r, g)]     s = 0, 1
+ * i.e. dWs = mask (.) (dy^T . x) gathered onto meta, for Ws [n, k] 2:4 along k, accumulated in fp32.
+ *   dy       [m, n]    row stride dy_row_stride, unit column stride
+ *   x        [m, k]    row stride x_row_stride, unit column stride
+ *   meta     [n, k/16] canonical int16 metadata of Ws, row stride meta_row_stride
+ *   out      [n, k/2]  row stride out_row_stride, unit column stride, of out_dtype: dtype or F32
+ * dtype: F16 or BF16 (tensor cores, fp32 accumulation) or F32 (CUDA cores, exact fp32 FMAs), shared by dy and x.
+ * accumulate = 1 adds the gradient to out (gradient accumulation; the sum is formed in fp32 and rounded once),
+ * 0 overwrites it. k % 16 == 0; m, n any (m = 0 gives zeros, or leaves out as it is when accumulating). */
+typedef struct {
+  const void* dy;
+  const void* x;
+  const int16_t* meta;
+  void* out;
+  int64_t m;
+  int64_t n;
+  int64_t k;
+  int64_t dy_row_stride;
+  int64_t x_row_stride;
+  int64_t meta_row_stride;
+  int64_t out_row_stride;
+  int accumulate;
+  perfkern_dtype_t dtype;
+  perfkern_dtype_t out_dtype;
+  int device;
+} perfkern_sparse24_weight_grad_params_t;
+
+PERFKERN_API perfkern_status_t perfkern_sparse24_weight_grad(const perfkern_sparse24_weight_grad_params_t* params,
+                                                             cudaStream_t stream);
+
+/* The backward copy of SLoPe's double pruning, from the weight in its canonical form: Ws [n, k] (values, meta;
+ * 2:4 along k) transposed and pruned again 2:4 along n, compressed: bwd_values [k, n/2], bwd_meta [k, n/16]
+ * (Wbwd^T, as perfkern_sparse24_mm takes it for dx = dy . Wbwd).
+ *   choose_mask = 1: bwd_meta is written: each group of 4 along n keeps the 2 entries of Ws^T with the largest
+ *                    magnitude (ties to the lower index, NaN above every number), exactly as compress of the
+ *                    dense Ws^T would choose (-0.0 written as +0.0);
+ *   choose_mask = 0: bwd_meta is read (a mask chosen earlier) and bwd_values = the entries of Ws^T it names
+ *                    (the gather, bit for bit).
+ * n % 16 == 0 and k % 16 == 0; dtype any of F32, F16, BF16 (bits are moved, no arithmetic). */
+typedef struct {
+  const void* values;
+  const int16_t* meta;
+  void* bwd_values;
+  int16_t* bwd_meta;
+  int64_t n;
+  int64_t k;
+  int64_t values_row_stride;
+  int64_t meta_row_stride;
+  int64_t bwd_values_row_stride;
+  int64_t bwd_meta_row_stride;
+  int choose_mask;
+  perfkern_dtype_t dtype;
+  int device;
+} perfkern_sparse24_transpose_prune_params_t;
+
+PERFKERN_API perfkern_status_t perfkern_sparse24_transpose_prune(
+    const perfkern_sparse24_transpose_prune_params_t* params, cudaStream_t stream);
+
+/* PERA, polynomial-expanded LoRA (arXiv 2604.11841). Rows a_i of A [r, k], columns b_i of B [n, r], the pairs
+ * P of the mode in row-major upper-triangle order (i <= j for FULL, i = j for SQUARE, i < j for CROSS), h [|P|]:
+ *   A^ = [A ; h_p (a_i (.) a_j)]  [r', k]      B^ = [B , b_i (.) b_j]  [n, r']      r' = r + |P|
+ *   out (+)= scale . (x . A^T) . B^T           Z = x . A^T  [m, r'] (fp32, kept for the backward)
+ * A^ and B^ are generated tile by tile on chip and never written to memory. 1 <= r <= 128. */
+typedef enum { PERFKERN_PERA_FULL = 0, PERFKERN_PERA_SQUARE = 1, PERFKERN_PERA_CROSS = 2 } perfkern_pera_mode_t;
+
+/* r' = r + |P| for rank r in mode (0 for a negative r or an unknown mode). */
+PERFKERN_API int64_t perfkern_pera_expanded_rank(int64_t r, perfkern_pera_mode_t mode);
+
+/* x [m, k], lora_a [r, k], lora_b [n, r] (row strides given, unit column strides), h [|P|] contiguous (NULL when
+ * |P| = 0), all of dtype (F32: exact fp32 FMAs; F16/BF16: tensor cores, fp32 accumulation); out [m, n] of dtype,
+ * accumulate = 1 adds the term to out (y = base(x) computed by the caller, then y += adapter), 0 overwrites;
+ * z [m, r'] fp32 (required: the intermediate between the two products, and the backward's input). */
+typedef struct {
+  const void* x;
+  const void* lora_a;
+  const void* lora_b;
+  const void* h;
+  void* out;
+  float* z;
+  int64_t m;
+  int64_t n;
+  int64_t k;
+  int64_t r;
+  float scale;
+  int accumulate;
+  int64_t x_row_stride;
+  int64_t a_row_stride;
+  int64_t b_row_stride;
+  int64_t out_row_stride;
+  int64_t z_row_stride;
+  perfkern_pera_mode_t mode;
+  perfkern_dtype_t dtype;
+  int device;
+} perfkern_pera_forward_params_t;
+
+PERFKERN_API perfkern_status_t perfkern_pera_forward(const perfkern_pera_forward_params_t* params,
+                                                     cudaStream_t stream);
+
+/* The merged weight: out [n, k] = scale . B^ . A^ (so that inference after a merge costs nothing), both factors
+ * generated tile by tile; lora_a [r, k], lora_b [n, r], h as in the forward, out of dtype. */
+typedef struct {
+  const void* lora_a;
+  const void* lora_b;
+  const void* h;
+  void* out;
+  int64_t n;
+  int64_t k;
+  int64_t r;
+  float scale;
+  int64_t a_row_stride;
+  int64_t b_row_stride;
+  int64_t out_row_stride;
+  perfkern_pera_mode_t mode;
+  perfkern_dtype_t dtype;
+  int device;
+} perfkern_pera_delta_weight_params_t;
+
+PERFKERN_API perfkern_status_t perfkern_pera_delta_weight(const perfkern_pera_delta_weight_params_t* params,
+                                                          cudaStream_t stream);
+
+/* The gradients of the adapter term for the upstream gradient grad [m, n]: with G_s = scale . grad,
+ *   dZ = G_s . B^    dx = dZ . A^    dA^ = dZ^T . x    dB^ = G_s^T . Z
+ * folded on chip into dA [r, k], dB [n, r] and dh [|P|] (a pair p = (i, j) sends dB^[:, r+p] (.) b_j to dB[:, i]
+ * and (.) b_i to dB[:, j], h_p dA^[r+p] (.) a_j to dA[i] and (.) a_i to dA[j], and dh_p = sum_k dA^[r+p, k]
+ * a_i[k] a_j[k]). Inputs as in the forward; z is the forward's Z, or NULL to recompute it. Each of dx, d_a, d_b,
+ * d_h may be NULL (not computed); outputs have the inputs' dtype, unit column strides, d_h contiguous.
+ * accumulate = 1 adds the term's dx to dx (the base layer's dx already there), 0 overwrites it.
+ * workspace: perfkern_pera_backward_workspace_size bytes (16-byte aligned), private to the call; the reductions
+ * over m are split into a fixed number of parts that depends on the shape only, and summed in a fixed order:
+ * results are deterministic. */
+typedef struct {
+  const void* grad;
+  const void* x;
+  const void* lora_a;
+  const void* lora_b;
+  const void* h;
+  const float* z;
+  void* dx;
+  void* d_a;
+  void* d_b;
+  void* d_h;
+  int accumulate;
+  void* workspace;
+  int64_t workspace_bytes;
+  int64_t m;
+  int64_t n;
+  int64_t k;
+  int64_t r;
+  float scale;
+  int64_t grad_row_stride;
+  int64_t x_row_stride;
+  int64_t a_row_stride;
+  int64_t b_row_stride;
+  int64_t z_row_stride;
+  int64_t dx_row_stride;
+  int64_t d_a_row_stride;
+  int64_t d_b_row_stride;
+  perfkern_pera_mode_t mode;
+  perfkern_dtype_t dtype;
+  int device;
+} perfkern_pera_backward_params_t;
+
+/* *bytes = the workspace perfkern_pera_backward needs for these params (pointers are not read). */
+PERFKERN_API perfkern_status_t perfkern_pera_backward_workspace_size(const perfkern_pera_backward_params_t* params,
+                                                                     int64_t* bytes);
+PERFKERN_API perfkern_status_t perfkern_pera_backward(const perfkern_pera_backward_params_t* params,
+                                                      cudaStream_t stream);
+
+/* Dendrite-error correlation (Cascade-Correlation statistics, batched over layers). For candidate outputs
+ * V [layers, p, c, n] and the neurons' errors E [layers, p, n], per (layer, candidate, neuron), population
+ * statistics over the p tokens:
+ *   v_mean = mean V   e_mean = mean E   cov = mean (V - v_mean)(E - e_mean)
+ *   v_var = mean (V - v_mean)^2          e_var = mean (E - e_mean)^2
+ * computed stably: every sum is of values shifted by the layer's first token, in chunks whose centred sums are
+ * merged with the pairwise formulas of Chan, Golub & LeVeque; nothing mixes neurons, so a NaN stays in its own.
+ * The score is cov (COVARIANCE) or cov / sqrt(v_var e_var) (PEARSON; 0 where that is 0, NaN kept). */
+typedef enum { PERFKERN_DENDRITE_COVARIANCE = 0, PERFKERN_DENDRITE_PEARSON = 1 } perfkern_dendrite_mode_t;
+
+/* One set of statistics, fp32, contiguous: v_mean, cov, v_var [layers, c, n]; e_mean, e_var [layers, n];
+ * count: the tokens they cover (a host value). */
+typedef struct {
+  float* v_mean;
+  float* cov;
+  float* v_var;
+  float* e_mean;
+  float* e_var;
+  double count;
+} perfkern_dendrite_moments_t;
+
+/* values [layers, p, c, n] (strides values_stride_l, _p, _c; unit along n), errors [layers, p, n] (strides
+ * errors_stride_l, _p), one dtype of F32/F16/BF16 -> stats (all five written; its count is not read), score
+ * [layers, c, n] fp32 (or NULL). One launch over all layers reads V and E once; when the layers, candidates and
+ * neurons alone are too few to fill a GPU the tokens are split too, the parts merged by a second launch in a
+ * fixed order (deterministic), through workspace (perfkern_dendrite_correlation_workspace_size bytes, 16-byte
+ * aligned; NULL with 0 bytes: no split). p >= 1, c >= 1. */
+typedef struct {
+  const void* values;
+  const void* errors;
+  perfkern_dendrite_moments_t stats;
+  float* score;
+  void* workspace;
+  int64_t workspace_bytes;
+  int64_t layers;
+  int64_t p;
+  int64_t c;
+  int64_t n;
+  int64_t values_stride_l;
+  int64_t values_stride_p;
+  int64_t values_stride_c;
+  int64_t errors_stride_l;
+  int64_t errors_stride_p;
+  perfkern_dendrite_mode_t mode;
+  perfkern_dtype_t dtype;
+  int device;
+} perfkern_dendrite_correlation_params_t;
+
+PERFKERN_API perfkern_status_t perfkern_dendrite_correlation_workspace_size(
+    const perfkern_dendrite_correlation_params_t* params, int64_t* bytes);
+PERFKERN_API perfkern_status_t perfkern_dendrite_correlation(const perfkern_dendrite_correlation_params_t* params,
+                                                             cudaStream_t stream);
+
+/* The candidate gradient, one streaming pass over V and E:
+ *   out [layers, p, c, n] = alpha (.) (E - e_mean) + beta (.) (V - v_mean)
+ * with per-(layer, c, n) coefficients from one of three sources:
+ *   COEFFICIENTS  alpha, beta [layers, c, n] given (beta NULL: 0, and V is not read);
+ *   UPSTREAM      from g = upstream [layers, c, n], the gradient of a loss with respect to the score of `batch`:
+ *                 covariance: alpha = g / p, beta = 0; Pearson: with sd = sqrt(v_var e_var), alpha = g / (p sd),
+ *                 beta = -g score / (p v_var), both 0 where sd = 0;
+ *   CASCADE       as UPSTREAM with g = -sign(upstream), where upstream is the running score (Cascade-Correlation:
+ *                 the descent direction of -sum |score|), and every non-finite result written as 0 (a NaN error
+ *                 stays out of the candidates, which share their inputs).
+ * batch: the statistics of the tokens the score covers (from perfkern_dendrite_correlation; count = p of the
+ * score, which may exceed this call's p when several calls or ranks make up the batch); e_mean and v_mean are
+ * always read, cov, v_var, e_var for UPSTREAM/CASCADE. out has values' dtype, strides out_stride_l, _p, _c,
+ * unit along n. */
+typedef enum {
+  PERFKERN_DENDRITE_GRAD_COEFFICIENTS = 0,
+  PERFKERN_DENDRITE_GRAD_UPSTREAM = 1,
+  PERFKERN_DENDRITE_GRAD_CASCADE = 2
+} perfkern_dendrite_grad_source_t;
+
+typedef struct {
+  const void* values;
+  const void* errors;
+  perfkern_dendrite_moments_t batch;
+  const float* alpha;
+  const float* beta;
+  const float* upstream;
+  void* out;
+  int64_t layers;
+  int64_t p;
+  int64_t c;
+  int64_t n;
+  int64_t values_stride_l;
+  int64_t values_stride_p;
+  int64_t values_stride_c;
+  int64_t errors_stride_l;
+  int64_t errors_stride_p;
+  int64_t out_stride_l;
+  int64_t out_stride_p;
+  int64_t out_stride_c;
+  perfkern_dendrite_grad_source_t source;
+  perfkern_dendrite_mode_t mode;
+  perfkern_dtype_t dtype;
+  int device;
+} perfkern_dendrite_grad_params_t;
+
+PERFKERN_API perfkern_status_t perfkern_dendrite_grad(const perfkern_dendrite_grad_params_t* params,
+                                                      cudaStream_t stream);
+
+/* Folds one batch's statistics into the running state of a dendrite phase, in place (the semantics of
+ * perfkern.dendrites.CorrelationState.fold):
+ *   running: f = batch.count / max(1, running.count + batch.count) for batch_number <= window (the cumulative
+ *            statistics of every token so far), f = 1 - beta afterwards (an exponential average);
+ *   epoch:   f = batch.count / max(1, epoch.count + batch.count) (cumulative; NULL pointers: no epoch state);
+ * each merged as a mixture of weights (1 - f, f): delta = mean_b - mean_a, mean = mean_a + f delta,
+ * var = (1 - f) var_a + f var_b + f (1 - f) delta^2, cov = (1 - f) cov_a + f cov_b + f (1 - f) delta_v delta_e.
+ * An entry whose merged value is not finite keeps its old value, and a batch of count 0 changes nothing, so one
+ * bad batch does not poison a neuron. running_score [layers, c, n] (or NULL) receives the updated running score.
+ * The counts are host values: the caller adds batch.count to running.count and epoch.count afterwards.
+ * batch_number: this batch's number in the phase, from 1. */
+typedef struct {
+  perfkern_dendrite_moments_t batch;
+  perfkern_dendrite_moments_t running;
+  perfkern_dendrite_moments_t epoch;
+  float* running_score;
+  int64_t batch_number;
+  int64_t window;
+  double beta;
+  int64_t layers;
+  int64_t c;
+  int64_t n;
+  perfkern_dendrite_mode_t mode;
+  int device;
+} perfkern_dendrite_state_update_params_t;
+
+PERFKERN_API perfkern_status_t perfkern_dendrite_state_update(const perfkern_dendrite_state_update_params_t* params,
+                                                              cudaStream_t stream);
 
 /* ---- CPU kernels (every build; no stream, no device) ------------------------------------------------------
  *

@@ -1,0 +1,13 @@
+#include "sparse24/weight_grad.cuh"
+
+namespace perfkern {
+namespace sparse24 {
+namespace wgrad {
+
+perfkern_status_t launch_bf16(const Args<__nv_bfloat16>& a, int sms, cudaStream_t stream) {
+  return launch(a, sms, stream);
+}
+
+}  // namespace wgrad
+}  // namespace sparse24
+}  // namespace perfkern
