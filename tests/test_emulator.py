@@ -53,8 +53,8 @@ def check(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "case",
-    ["barrier", "missing_barrier", "syncthreads_reduce", "warp", "atomics", "fp16", "cp_async", "ldmatrix", "mma",
-     "wgmma", "proxy_fence"],
+    ["barrier", "missing_barrier", "syncthreads_reduce", "named_barriers", "warp", "atomics", "fp16", "cp_async",
+     "ldmatrix", "mma", "wgmma", "proxy_fence"],
 )  # fmt: skip
 def test_emulated_kernels_compute_what_the_host_does(check, case):
     result = check(case)
