@@ -205,6 +205,13 @@ MUTATIONS = [
         "mma.sp kernel: ldmatrix of A reads its four 8x8 matrices in the wrong order",
     ),
     Mutation(
+        "format-grid-stride",
+        "csrc/sparse24/sparse24.cuh",
+        "static_cast<int64_t>(gridDim.x) * blockDim.x, rows, chunks_per_row, body);",
+        "2 * static_cast<int64_t>(gridDim.x) * blockDim.x, rows, chunks_per_row, body);",
+        "format kernels: the grid-stride loop steps twice the grid (half the chunks of a second turn skipped)",
+    ),
+    Mutation(
         "compress-ties",
         "csrc/sparse24/sparse24.cuh",
         "const uint32_t b01 = m[0] >= m[1]",

@@ -82,7 +82,7 @@ int cpu_count() {
 
 void switch_to_scheduler(Worker& w, Thread& t) { fiber_switch(t.fiber, w.scheduler); }
 
-// The thread's state after it exits: barriers that counted it may now be complete.
+// Every thread waiting at `bar` becomes runnable with the barrier's reduction; the barrier starts over.
 void release_barrier(Block& b, Barrier& bar) {
   for (Thread* t : bar.waiters) {
     t->result = bar.reduce;
@@ -94,6 +94,7 @@ void release_barrier(Block& b, Barrier& bar) {
   bar.reduce = 0;
 }
 
+// An exited thread no longer counts for __syncthreads (as on sm_70+): the barrier may now be complete.
 [[noreturn]] void thread_exit(Worker& w, Thread& t) {
   Block& b = w.block;
   t.state = ThreadState::kDone;

@@ -140,6 +140,30 @@ void case_syncthreads_reduce() {
   expect(out[0] == 54 && out[1] == 1 && out[2] == 1, "__syncthreads_count/and/or");
 }
 
+// Producer warps 0-1 fill shared memory and arrive at named barrier 1; consumer warps 2-3 wait there (128
+// threads in all), then read what the producers wrote. Barrier 2 is a plain bar.sync of the consumers alone.
+__global__ void named_barrier_kernel(int* out) {
+  PERFKERN_DYNAMIC_SMEM(int, s);
+  const int t = static_cast<int>(threadIdx.x);
+  if (t < 64) {
+    s[t] = 1000 + t;
+    emu::bar_arrive(1, 128);
+    return;
+  }
+  emu::bar_sync(1, 128);
+  s[t] = s[t - 64] + 1;
+  emu::bar_sync(2, 64);
+  out[t - 64] = s[64 + (t + 1) % 64];
+}
+
+void case_named_barriers() {
+  std::vector<int> out(64, -1);
+  if (!run("named_barriers", named_barrier_kernel, 2, 128, 128 * sizeof(int), out.data())) return;
+  for (int i = 0; i < 64; ++i) {
+    expect(out[i] == 1000 + (i + 1) % 64 + 1, "bar.arrive / bar.sync with thread counts");
+  }
+}
+
 // ---- warp collectives --------------------------------------------------------------------------------------
 
 __global__ void warp_kernel(const int* in, int* out) {
@@ -774,6 +798,7 @@ int main(int argc, char** argv) {
       {"barrier", case_barrier},
       {"missing_barrier", case_missing_barrier},
       {"syncthreads_reduce", case_syncthreads_reduce},
+      {"named_barriers", case_named_barriers},
       {"warp", case_warp},
       {"atomics", case_atomics},
       {"fp16", case_fp16},
