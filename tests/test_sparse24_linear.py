@@ -461,3 +461,23 @@ def test_copies_keep_counting_updates(device):
     for _ in range(2):
         layer(x).sum().backward()
     assert int(layer.updates) == 2
+
+
+@pytest.mark.parametrize(
+    "rank,alpha,expected_scale",
+    [pytest.param(4, 8.0, 2.0, id="r4-alpha8"), pytest.param(3, None, 1.0, id="r3-default"),
+     pytest.param(16, 4.0, 0.25, id="r16-alpha4")],
+)  # fmt: skip
+def test_lora_scale_is_alpha_over_rank(device, rank, alpha, expected_scale):
+    """s = alpha / r (PEFT's LoRA scaling; alpha defaults to r), pinned by numbers written here, not read from
+    the layer: the output and the merged weight must be Ws·x + b + s·B·A·x with that s."""
+    layer = perfkern.SparseLoRALinear.from_linear(_linear(device=device), rank=rank, alpha=alpha, lazy=False)
+    with torch.no_grad():
+        layer.lora_b.normal_()
+    assert layer.scale == expected_scale
+    x = torch.randn(5, 64, device=device)
+    w = ref.decompress_2to4(layer.values.detach(), layer.meta)
+    a, b = layer.lora_a.detach(), layer.lora_b.detach()
+    expected = x @ w.t() + layer.bias.detach() + expected_scale * (x @ a.t()) @ b.t()
+    torch.testing.assert_close(layer(x), expected)
+    torch.testing.assert_close(layer.merged_weight(), w + expected_scale * b @ a)
