@@ -1,10 +1,12 @@
 """The 2:4 format on every backend against the reference, bit for bit (DESIGN §3.1, §3.2)."""
 
+import functools
 import itertools
+import math
 
 import pytest
 import torch
-from tolerances import assert_bits_equal
+from tolerances import assert_bits_equal as _assert_bits_equal
 from torch.sparse._semi_structured_conversions import (
     sparse_semi_structured_from_dense_cutlass,
     sparse_semi_structured_to_dense_cutlass,
@@ -13,6 +15,12 @@ from torch.sparse._semi_structured_conversions import (
 import perfkern
 from perfkern import sparsity
 from perfkern.reference import sparse24 as ref
+
+
+def assert_bits_equal(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """The format ops only move data: NaNs must keep their sign and payload too."""
+    _assert_bits_equal(actual, expected, exact_nan=True)
+
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 SHAPES = [
@@ -57,6 +65,63 @@ def _brute_force_mask(scores: torch.Tensor) -> torch.Tensor:
         for j in order[:2]:
             out[r, 4 * g + j] = True
     return out
+
+
+# Every group of four over these values: each tie (equal magnitudes of either sign, +0 and -0, two NaNs, +inf and
+# -inf) at every pair of positions and in both orders, and NaNs with a sign and a payload that data movement must
+# keep bit for bit. Bit patterns per dtype: +0, -0, 1, -1, 2, +inf, -inf, a quiet NaN with a payload, a negative
+# signalling NaN with a payload.
+_TIE_BITS = {
+    torch.float32: [0, -(2**31), 0x3F800000, -0x40800000, 0x40000000, 0x7F800000, -0x00800000, 0x7FC00001,
+                    -0x007FFFFF],
+    torch.float16: [0, -0x8000, 0x3C00, -0x4400, 0x4000, 0x7C00, -0x0400, 0x7E01, -0x03FF],
+    torch.bfloat16: [0, -0x8000, 0x3F80, -0x4080, 0x4000, 0x7F80, -0x0080, 0x7FC1, -0x007F],
+}  # fmt: skip
+
+
+@functools.cache
+def _every_group(dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """(w, mask, values, meta, dense): w [411, 64] holds all 9^4 groups over _TIE_BITS (then all-zero groups), and
+    the expected mask, canonical format and decompressed matrix, worked out one group at a time on the bits."""
+    int_dtype = {4: torch.int32, 2: torch.int16}[dtype.itemsize]
+    patterns = _TIE_BITS[dtype]
+    as_float = torch.tensor(patterns, dtype=int_dtype).view(dtype).double().tolist()
+    groups = list(itertools.product(range(len(patterns)), repeat=4))
+    groups += [(0, 0, 0, 0)] * (-len(groups) % 16)
+    w_bits, mask, v_bits, nibbles, d_bits = [], [], [], [], []
+    for group in groups:
+        mags = [math.inf if math.isnan(as_float[i]) else abs(as_float[i]) for i in group]
+        kept = sorted(sorted(range(4), key=lambda j: (-mags[j], j))[:2])
+        kept_bits = [0 if as_float[group[j]] == 0 else patterns[group[j]] for j in kept]
+        w_bits += [patterns[i] for i in group]
+        mask += [p in kept for p in range(4)]
+        v_bits += kept_bits
+        nibbles.append(kept[0] | kept[1] << 2)
+        d_bits += [kept_bits[kept.index(p)] if p in kept else 0 for p in range(4)]
+    rows = len(groups) // 16
+    words = [sum(n << (4 * q) for q, n in enumerate(nibbles[i : i + 4])) for i in range(0, len(nibbles), 4)]
+    meta = torch.tensor(words, dtype=torch.int32).to(torch.int16).view(rows, 4)
+
+    def floats(b, cols):
+        return torch.tensor(b, dtype=int_dtype).view(dtype).view(rows, cols)
+
+    mask = torch.tensor(mask).view(rows, 64)
+    return floats(w_bits, 64), mask, floats(v_bits, 32), meta, floats(d_bits, 64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_every_tie_sign_and_nan_pattern(backend, device, dtype):
+    """The selection rule (ties to the lower index, NaN above every number, -0.0 stored as +0.0) on every group
+    of four over signed zeros, equal magnitudes, infinities and NaNs, and every NaN's bits kept by compress,
+    decompress and gather."""
+    w, mask, values, meta, dense = (t.to(device) for t in _every_group(dtype))
+    got_values, got_meta = sparsity.compress_2to4(w, strict=False)
+    assert perfkern.last_backend("compress_2to4") == backend
+    assert_bits_equal(got_meta, meta)
+    assert_bits_equal(got_values, values)
+    assert_bits_equal(sparsity.mask_2to4(w), mask)
+    assert_bits_equal(sparsity.decompress_2to4(values, meta), dense)
+    assert_bits_equal(sparsity.gather_2to4(dense, meta), values)
 
 
 def test_reference_mask_follows_the_rule():
