@@ -203,12 +203,56 @@ def test_cutlass_layout_matches_torch(backend, device, n, k, dtype):
     assert_bits_equal(sparse_semi_structured_to_dense_cutlass(values_c, meta_c), w)
 
 
-def test_cutlass_roundtrip_of_any_metadata(backend, device):
+# The 11 groups of at most two non-zeros, as the positions of their non-zeros.
+_AT_MOST_TWO = [()] + [(p,) for p in range(4)] + list(itertools.combinations(range(4), 2))
+
+
+def _same_up_to_zero_sign(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Bit equality with every zero read as +0.0: torch's packed values keep the dense matrix's zero (-0.0 too)
+    in the slots it picks for an under-full group, the canonical format stores +0.0."""
+    zero = torch.zeros((), dtype=actual.dtype, device=actual.device)
+    assert_bits_equal(torch.where(actual == 0, zero, actual), torch.where(expected == 0, zero, expected))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_cutlass_layout_of_under_full_groups(backend, device, dtype):
+    """Every 2:4 matrix, groups with fewer than two non-zeros included: to_cutlass(*compress_2to4(w)) is torch's
+    converter bit for bit (zeros by value), and from_cutlass gives back the canonical pair."""
+    n, k = 64, 64
+    positions = [_AT_MOST_TWO[(g + g // 16) % len(_AT_MOST_TWO)] for g in range(n * k // 4)]
+    nonzero = torch.tensor([[p in kept for p in range(4)] for kept in positions], device=device).view(n, k)
+    w = torch.randn(n, k, device=device).abs().add(0.5).to(dtype) * torch.where(torch.rand(n, k) < 0.5, -1, 1).to(
+        device=device, dtype=dtype
+    )
+    w = torch.where(nonzero, w, torch.where(torch.rand(n, k, device=device) < 0.5, -0.0, 0.0).to(dtype))
+    torch_values, torch_meta = sparse_semi_structured_from_dense_cutlass(w)
+    values, meta = sparsity.compress_2to4(w)
+    values_c, meta_c = sparsity.to_cutlass(values, meta)
+    assert_bits_equal(meta_c, torch_meta)
+    _same_up_to_zero_sign(values_c, torch_values)
+    back_values, back_meta = sparsity.from_cutlass(torch_values, torch_meta)
+    assert_bits_equal(back_meta, meta)
+    assert_bits_equal(back_values, values)
+
+
+def test_cutlass_conversion_of_any_metadata(backend, device):
+    """Any metadata, malformed nibbles included, decodes to a 2:4 matrix (the second index wins): to_cutlass is
+    torch's converter of that matrix, from_cutlass its canonical compression. The metadata reorder alone is a
+    permutation of the words."""
     meta = torch.randint(-(2**15), 2**15, (64, 8), dtype=torch.int16, device=device)
     values = torch.randn(64, 64, device=device, dtype=torch.float16)
-    _, meta_c = sparsity.to_cutlass(values, meta)
-    assert_bits_equal(meta_c, ref.meta_to_cutlass(meta))
-    assert_bits_equal(sparsity.from_cutlass(values, meta_c)[1], meta)
+    values[::3, ::5] = 0.0
+    dense = ref.decompress_2to4(values, meta)
+    torch_values, torch_meta = sparse_semi_structured_from_dense_cutlass(dense)
+    values_c, meta_c = sparsity.to_cutlass(values, meta)
+    assert_bits_equal(meta_c, torch_meta)
+    _same_up_to_zero_sign(values_c, torch_values)
+    canonical = ref.compress_2to4(dense)
+    for got, want in zip(sparsity.from_cutlass(values_c, meta_c), canonical, strict=True):
+        assert_bits_equal(got, want)
+    reordered = torch.ops.perfkern.meta_to_cutlass(meta)
+    assert_bits_equal(reordered, ref.meta_to_cutlass(meta))
+    assert_bits_equal(torch.ops.perfkern.meta_from_cutlass(reordered), meta)
 
 
 def test_strict_compress_rejects_dense_input(device):

@@ -56,7 +56,7 @@ def _planes(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return t.view(t.shape[0], t.shape[1] // 4, 4).unbind(-1)
 
 
-def _at(p: int, idx0: torch.Tensor, idx1: torch.Tensor, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
+def _at(p, idx0: torch.Tensor, idx1: torch.Tensor, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
     """Position p of each group given its two kept entries: v1 if p is the second index, else v0 if p is the first
     index, else +0.0 (so malformed metadata decodes deterministically: the second index wins)."""
     return torch.where(idx1 == p, v1, torch.where(idx0 == p, v0, torch.zeros((), dtype=v0.dtype, device=v0.device)))
@@ -101,6 +101,44 @@ def gather_2to4(dense: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
         return torch.where(idx == 0, d0, torch.where(idx == 1, d1, torch.where(idx == 2, d2, d3)))
 
     return torch.stack((pick(idx0), pick(idx1)), -1).view(n, k // 2)
+
+
+# Which two positions a group names, by the set of its non-zero positions (a 4-bit mask). Two non-zeros: those two,
+# in order, under every rule. Fewer: the canonical rule (ties to the lower index) and torch's CUTLASS converter
+# (``sparse_semi_structured_from_dense_cutlass``, whose choices come from a minimised Boolean formula) differ.
+CANONICAL_PAIRS = {0b0000: (0, 1), 0b0001: (0, 1), 0b0010: (0, 1), 0b0100: (0, 2), 0b1000: (0, 3)}
+TORCH_CUTLASS_PAIRS = {0b0000: (2, 3), 0b0001: (0, 2), 0b0010: (1, 2), 0b0100: (2, 3), 0b1000: (2, 3)}
+
+
+def _pair_nibbles(under_full: dict[int, tuple[int, int]], device: torch.device) -> torch.Tensor:
+    """int32 [16]: the metadata nibble for each set of non-zero positions (sets of three or four never occur)."""
+    table = [0b0100] * 16
+    for i in range(4):
+        for j in range(i + 1, 4):
+            table[(1 << i) | (1 << j)] = i | (j << 2)
+    for occupied, (i, j) in under_full.items():
+        table[occupied] = i | (j << 2)
+    return torch.tensor(table, dtype=torch.int32, device=device)
+
+
+def repick_2to4(
+    values: torch.Tensor, meta: torch.Tensor, under_full: dict[int, tuple[int, int]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 2:4 pair (values, meta) re-encoded so that each group names the positions ``under_full`` gives for its
+    set of non-zero positions, zeros stored as +0.0. The matrix it decodes to is unchanged: the groups are read
+    as ``decompress_2to4`` reads them (malformed metadata included, the second index winning), so the result
+    is the rule's encoding of ``decompress_2to4(values, meta)``. Element-wise tensor ops, on any device."""
+    n, half = values.shape
+    idx0, idx1 = _unpack(meta)
+    v0, v1 = values.view(n, half // 2, 2).unbind(-1)
+    none = torch.zeros_like(idx0)
+    occupied = torch.where(v1 != 0, 1 << idx1, none) | torch.where((v0 != 0) & (idx0 != idx1), 1 << idx0, none)
+    nibble = _pair_nibbles(under_full, values.device)[occupied.long()]
+    new0, new1 = nibble & 3, nibble >> 2
+    zero = torch.zeros((), dtype=values.dtype, device=values.device)
+    picked = [_at(p, idx0, idx1, v0, v1) for p in (new0, new1)]
+    picked = [torch.where(v == 0, zero, v) for v in picked]
+    return torch.stack(picked, -1).view(n, half), _pack(new0, new1)
 
 
 def cutlass_meta_offsets(rows: int, meta_cols: int, device: torch.device | str = "cpu") -> torch.Tensor:
