@@ -8,6 +8,7 @@ W is [N, K] (out, in), 2:4 along K; K must be a multiple of 16.
   name two indices and store explicit zeros. -0.0 counts as zero and is stored as +0.0.
 
 Every function here checks its arguments, then runs a ``perfkern::*`` op on the backend ``perfkern`` selects.
+float64 is taken everywhere but the CUTLASS layout, and runs on the reference backend.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def is_2to4(w: torch.Tensor) -> bool:
     check_2d("w", w)
     if w.shape[1] % 4 != 0:
         return False
-    return bool(((w != 0).view(w.shape[0], -1, 4).sum(-1) <= 2).all())
+    return bool(((w != 0).view(w.shape[0], w.shape[1] // 4, 4).sum(-1) <= 2).all())
 
 
 def compress_2to4(w: torch.Tensor, *, strict: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,7 +106,7 @@ def compress_2to4(w: torch.Tensor, *, strict: bool = True) -> tuple[torch.Tensor
     """
     _check_dense("w", w)
     if strict:
-        counts = (w != 0).view(w.shape[0], -1, 4).sum(-1)
+        counts = (w != 0).view(w.shape[0], w.shape[1] // 4, 4).sum(-1)
         bad = (counts > 2).nonzero()
         if bad.numel():
             row, group = (int(i) for i in bad[0])

@@ -76,6 +76,8 @@ _TIE_BITS = {
                     -0x007FFFFF],
     torch.float16: [0, -0x8000, 0x3C00, -0x4400, 0x4000, 0x7C00, -0x0400, 0x7E01, -0x03FF],
     torch.bfloat16: [0, -0x8000, 0x3F80, -0x4080, 0x4000, 0x7F80, -0x0080, 0x7FC1, -0x007F],
+    torch.float64: [0, -(2**63), 0x3FF << 52, -(0x401 << 52), 0x400 << 52, 0x7FF << 52, -(1 << 52),
+                    (0x7FF8 << 48) + 1, -(1 << 52) + 1],
 }  # fmt: skip
 
 
@@ -83,7 +85,7 @@ _TIE_BITS = {
 def _every_group(dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
     """(w, mask, values, meta, dense): w [411, 64] holds all 9^4 groups over _TIE_BITS (then all-zero groups), and
     the expected mask, canonical format and decompressed matrix, worked out one group at a time on the bits."""
-    int_dtype = {4: torch.int32, 2: torch.int16}[dtype.itemsize]
+    int_dtype = {8: torch.int64, 4: torch.int32, 2: torch.int16}[dtype.itemsize]
     patterns = _TIE_BITS[dtype]
     as_float = torch.tensor(patterns, dtype=int_dtype).view(dtype).double().tolist()
     groups = list(itertools.product(range(len(patterns)), repeat=4))
@@ -109,12 +111,16 @@ def _every_group(dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
     return floats(w_bits, 64), mask, floats(v_bits, 32), meta, floats(d_bits, 64)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", [*DTYPES, torch.float64], ids=str)
 def test_every_tie_sign_and_nan_pattern(backend, device, dtype):
     """The selection rule (ties to the lower index, NaN above every number, -0.0 stored as +0.0) on every group
     of four over signed zeros, equal magnitudes, infinities and NaNs, and every NaN's bits kept by compress,
-    decompress and gather."""
+    decompress and gather. float64 runs on the reference; the kernels refuse it by name."""
     w, mask, values, meta, dense = (t.to(device) for t in _every_group(dtype))
+    if dtype == torch.float64 and backend != "reference":
+        with pytest.raises(perfkern.BackendUnavailableError, match=f"'{backend}' takes float32.*got torch.float64"):
+            sparsity.compress_2to4(w, strict=False)
+        return
     got_values, got_meta = sparsity.compress_2to4(w, strict=False)
     assert perfkern.last_backend("compress_2to4") == backend
     assert_bits_equal(got_meta, meta)
@@ -267,6 +273,17 @@ def test_strict_compress_rejects_dense_input(device):
     assert sparsity.is_2to4(sparsity.decompress_2to4(values, meta))
 
 
+@pytest.mark.parametrize("n,k", [pytest.param(0, 32, id="N0-K32"), pytest.param(5, 0, id="N5-K0")])
+def test_empty_matrices(backend, device, n, k):
+    w = torch.randn(n, k, device=device)
+    assert sparsity.is_2to4(w)
+    values, meta = sparsity.compress_2to4(w)
+    assert values.shape == (n, k // 2) and meta.shape == (n, k // 16) and meta.dtype == torch.int16
+    assert sparsity.mask_2to4(w).shape == (n, k)
+    assert sparsity.decompress_2to4(values, meta).shape == (n, k)
+    assert sparsity.gather_2to4(w, meta).shape == (n, k // 2)
+
+
 def test_pad_to_multiple():
     w = torch.randn(3, 20)
     padded = sparsity.pad_to_multiple(w, 16)
@@ -283,9 +300,9 @@ def _bad_calls():
         "rank": (lambda: sparsity.compress_2to4(w[0]), ValueError, r"w must be 2-D \[N, K\], got shape \[32\]"),
         "K%16": (lambda: sparsity.compress_2to4(torch.randn(8, 20)), ValueError, r"multiple of 16 .*got 20"),
         "dtype": (
-            lambda: sparsity.compress_2to4(w.double()),
+            lambda: sparsity.compress_2to4(w.int()),
             TypeError,
-            r"float32, float16 or bfloat16, got torch.float64",
+            r"w must be float32, float16, bfloat16 or float64, got torch.int32",
         ),
         "mask-dtype": (lambda: sparsity.mask_2to4(w.int()), TypeError, r"scores must be float32"),
         "meta-shape": (

@@ -215,7 +215,7 @@ def sparse24_linear(
 ) -> torch.Tensor:
     """y = x·Wsᵀ + b + s·(x·Aᵀ)·Bᵀ in fp32 (fp64 for fp64 inputs), cast to x's dtype.
     x [..., K], Ws [N, K], A [r, K], B [N, r]."""
-    acc = _acc_dtype(x)
+    acc = acc_dtype(x)
     xf = x.to(acc)
     y = xf @ decompress_2to4(values, meta).to(acc).t()
     if bias is not None:
@@ -225,7 +225,8 @@ def sparse24_linear(
     return y.to(x.dtype)
 
 
-def _acc_dtype(x: torch.Tensor) -> torch.dtype:
+def acc_dtype(x: torch.Tensor) -> torch.dtype:
+    """fp32 accumulation, fp64 for fp64 inputs."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
@@ -246,7 +247,7 @@ def sparse24_linear_backward(
     (``bwd_values``/``bwd_meta`` = compress_2to4(Wbwdᵀ), [K, N] 2:4 along N; without ``bwd_values`` the copy is
     Wsᵀ gathered onto ``bwd_meta``); dvalues = gather(dyᵀ·x, meta) (only the kept
     entries); db = Σ dy; dA = s·(dy·B)ᵀ·x; dB = s·dyᵀ·(x·Aᵀ)."""
-    acc = _acc_dtype(x)
+    acc = acc_dtype(x)
     k = x.shape[-1]
     dy = grad.reshape(-1, grad.shape[-1]).to(acc)
     xf = x.reshape(-1, k).to(acc)
