@@ -1,14 +1,18 @@
-"""Dendrite-error correlation (DESIGN §3.5): the batched statistics pass and the fused update (statistics and the
-candidate gradient) against an eager PyTorch per-layer implementation of the same math, as a straightforward
-library writes it (autograd through the Pearson formula, one layer at a time), in the same run."""
+"""Dendrite-error correlation (DESIGN §3.5): perfkern's batched op against an eager PyTorch per-layer
+implementation of the same math, as a straightforward library writes it, in the same run. Like against like:
+the scores alone (perfkern.dendrite_correlation against the per-layer formula), and the scores with the candidate
+gradient of −Σ|score| (perfkern's op and its backward against autograd through the per-layer formula). Before
+timing, the outputs of both timed functions are checked against the fp64 reference at the test suite's tolerances
+(``tests/tolerances.py``)."""
 
 import pytest
 import torch
 from shapes import dendrite_shapes, shape_id
+from tolerances import assert_within_torch_error
 
 import perfkern
-from perfkern.dendrites import CorrelationState
 from perfkern.ops import dendrite as ops
+from perfkern.reference import dendrite as ref
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float32
@@ -23,46 +27,57 @@ def _inputs(layers, p, c, n):
     return values, errors
 
 
-def _eager_update(values, errors):
-    """Per layer: Pearson scores by autograd-able PyTorch ops, then the candidate gradient of −Σ|score|."""
-    grads = []
+def _eager_scores(values, errors, grad=False):
+    """Per layer, in fp32: Pearson scores by autograd-able PyTorch ops, and with ``grad`` the candidate gradient
+    of −Σ|score| by autograd. Returns the stacked scores, or the stacked gradients."""
+    out = []
     for v, e in zip(values, errors, strict=True):
-        v = v.float().requires_grad_(True)
+        v = v.float().requires_grad_(grad)
         e = e.float()
         dv = v - v.mean(0)
         de = e - e.mean(0)
         cov = (dv * de.unsqueeze(1)).mean(0)
         score = cov / (dv.square().mean(0).sqrt() * de.square().mean(0).sqrt().unsqueeze(0))
-        (-score.abs().sum()).backward()
-        grads.append(v.grad.to(values.dtype))
-    return torch.stack(grads)
+        if grad:
+            (-score.abs().sum()).backward()
+            out.append(v.grad.to(values.dtype))
+        else:
+            out.append(score.detach())
+    return torch.stack(out)
 
 
+def _perfkern_scores(values, errors, grad=False):
+    """The same with perfkern: one batched op for every layer, and its fused backward."""
+    if not grad:
+        return perfkern.dendrite_correlation(values, errors, "pearson")
+    v = values.detach().requires_grad_(True)
+    (-perfkern.dendrite_correlation(v, errors, "pearson").abs().sum()).backward()
+    return v.grad
+
+
+def _truth(values, errors, grad=False):
+    v = values.double().requires_grad_(grad)
+    score = ref.dendrite_correlation(v, errors.double(), "pearson")
+    if not grad:
+        return score
+    (-score.abs().sum()).backward()
+    return v.grad
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["scores", "scores+grad"])
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("shape", dendrite_shapes(), ids=shape_id)
-def test_stats(record, shape, provider):
-    layers, p, c, n = shape
+def test_correlation(record, shape, provider, grad):
     values, errors = _inputs(*shape)
     with perfkern.use_backend(provider):
-        score = perfkern.dendrite_correlation(values, errors, "pearson")
-        torch.testing.assert_close(score, perfkern.reference.dendrite.dendrite_correlation(values, errors, "pearson"),
-                                   atol=2e-3, rtol=2e-2)  # fmt: skip
+        assert_within_torch_error(
+            _perfkern_scores(values, errors, grad),
+            _truth(values, errors, grad),
+            _eager_scores(values, errors, grad),
+            "grad" if grad else "score",
+        )
         moved = values.numel() * values.element_size() + errors.numel() * errors.element_size()
-        record("dendrite stats (pearson)", shape_id(shape), provider,
-               lambda: torch.ops.perfkern.dendrite_stats(values, errors),
-               "eager PyTorch per layer (scores only)",
-               lambda: [perfkern.reference.dendrite.dendrite_correlation(v[None], e[None], "pearson")
-                        for v, e in zip(values, errors, strict=True)], moved)  # fmt: skip
-
-
-@pytest.mark.parametrize("provider", PROVIDERS)
-@pytest.mark.parametrize("shape", dendrite_shapes(), ids=shape_id)
-def test_update(record, shape, provider):
-    layers, p, c, n = shape
-    values, errors = _inputs(*shape)
-    with perfkern.use_backend(provider):
-        state = CorrelationState(layers, c, n, mode="pearson", device=DEVICE)
-        fused = state.update(values, errors)
-        torch.testing.assert_close(fused.float(), _eager_update(values, errors).float(), atol=1e-3, rtol=5e-2)
-        record("dendrite update (stats + grad)", shape_id(shape), provider, lambda: state.update(values, errors),
-               "eager PyTorch per layer + autograd", lambda: _eager_update(values, errors))  # fmt: skip
+        op = "dendrite correlation" + (" + grad" if grad else "")
+        record(f"{op} (pearson)", shape_id(shape), provider, lambda: _perfkern_scores(values, errors, grad),
+               "eager PyTorch per layer" + (" + autograd" if grad else ""), lambda: _eager_scores(values, errors, grad),
+               None if grad else moved)  # fmt: skip

@@ -4,7 +4,8 @@ written by ``pytest bench/ --benchmark-only --benchmark-json=F`` (the README's p
     python bench/plot.py bench/results/<device>-<date>.json [out.png]
 
 Problem size is the product of the shape's dimensions ("2048x4096x4096" -> 2048·4096·4096). Records without a
-baseline (the floors) are not plotted. The title names the device, date and commit of the run.
+baseline (the floors) are not plotted; the reference provider's curve is labelled as not a kernel. The title names
+the device, date and commit of the run.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+# The reference backend is the pure-PyTorch truth: its curve is labelled so that nobody reads it as a kernel's.
+REFERENCE_LABEL = "reference (not a kernel)"
+
 
 def series(data: dict) -> dict[str, dict[str, list[tuple[float, float]]]]:
     """{op: {provider: [(problem size, speedup), ...] sorted by size}} of the records that have a baseline."""
@@ -28,7 +32,8 @@ def series(data: dict) -> dict[str, dict[str, list[tuple[float, float]]]]:
         if "speedup" not in info or "shape" not in info:
             continue
         size = math.prod(float(d) for d in str(info["shape"]).split("x"))
-        out[info["op"]][info["provider"]].append((size, float(info["speedup"])))
+        provider = REFERENCE_LABEL if info["provider"] == "reference" else info["provider"]
+        out[info["op"]][provider].append((size, float(info["speedup"])))
     return {op: {p: sorted(points) for p, points in providers.items()} for op, providers in out.items()}
 
 

@@ -1,7 +1,15 @@
-"""Print the table of a pytest-benchmark JSON written by ``pytest bench/ --benchmark-only --benchmark-json=F``."""
+"""Print the table of a pytest-benchmark JSON written by ``pytest bench/ --benchmark-only --benchmark-json=F``.
+
+Usage: ``python bench/report.py RESULTS.json``. Rows of the reference provider are marked: the reference is the
+pure-PyTorch truth, so its ratio to a baseline is no kernel speedup."""
 
 import json
 import sys
+
+USAGE = "usage: python bench/report.py RESULTS.json  (written by pytest bench/ --benchmark-only --benchmark-json=...)"
+REFERENCE = "reference"
+MARK = "†"
+NOTE = f"{MARK} {REFERENCE}: the pure-PyTorch truth, not a kernel; its ratio to a baseline is no kernel speedup"
 
 
 def main(path: str) -> None:
@@ -18,7 +26,10 @@ def main(path: str) -> None:
     )
     print(header)
     print("-" * len(header))
+    marked = False
     for r in rows:
+        if r["provider"] == REFERENCE:
+            r, marked = {**r, "provider": REFERENCE + MARK}, True
         gbps = f"{r['gbps']:.0f}" if "gbps" in r else "-"
         if "baseline" not in r:
             rate = f"{r['tflops']:.2f} TFLOP/s" if "tflops" in r else ""
@@ -28,7 +39,12 @@ def main(path: str) -> None:
               f"{r['baseline_ms']:>12.3f} {r['speedup']:>7.2f}x  {r['baseline']}")  # fmt: skip
         for name, other in r.get("others", {}).items():
             print(f"{'':<42} {'':>9} {'':>8} {other['ms']:>12.3f} {other['speedup']:>7.2f}x  {name}")
+    if marked:
+        print(NOTE)
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        print(USAGE, file=sys.stderr)
+        sys.exit(2)
     main(sys.argv[1])

@@ -6,8 +6,8 @@ one int16 metadata word per 16 columns, a nibble (idx0 | idx1 << 2) per group.
 
 Each program owns BLOCK_R rows x BLOCK_W metadata words (16 columns each). The four groups of a word are
 unrolled, so every tensor in a kernel is 2-D [BLOCK_R, BLOCK_W]. All are memory-bound: the launchers size
-blocks to keep enough bytes in flight; decompress and gather move raw bits (integer views), so they are
-exact for every value, NaN payloads included.
+blocks to keep enough bytes in flight; compress, decompress and gather move values as raw bits (integer views),
+so they are exact for every value, NaN payloads included.
 """
 
 from __future__ import annotations
@@ -49,28 +49,35 @@ def _sparse24_compress_kernel(
     src = src_ptr + r[:, None] * stride_src + w[None, :] * 16
     word = tl.zeros([BLOCK_R, BLOCK_W], dtype=tl.int32)
     for q in tl.static_range(4):
-        x0 = tl.load(src + 4 * q + 0, mask=inb, other=0.0).to(tl.float32)
-        x1 = tl.load(src + 4 * q + 1, mask=inb, other=0.0).to(tl.float32)
-        x2 = tl.load(src + 4 * q + 2, mask=inb, other=0.0).to(tl.float32)
-        x3 = tl.load(src + 4 * q + 3, mask=inb, other=0.0).to(tl.float32)
+        # Ranks and zero tests in fp32 (exact for every 16-bit value); the kept entries move as raw bits.
+        x0 = tl.load(src + 4 * q + 0, mask=inb, other=0.0)
+        x1 = tl.load(src + 4 * q + 1, mask=inb, other=0.0)
+        x2 = tl.load(src + 4 * q + 2, mask=inb, other=0.0)
+        x3 = tl.load(src + 4 * q + 3, mask=inb, other=0.0)
+        f0, f1, f2, f3 = x0.to(tl.float32), x1.to(tl.float32), x2.to(tl.float32), x3.to(tl.float32)
         # NaN ranks above every number, so exactly two entries win even in a poisoned group.
-        m0 = tl.where(x0 != x0, float("inf"), tl.abs(x0))
-        m1 = tl.where(x1 != x1, float("inf"), tl.abs(x1))
-        m2 = tl.where(x2 != x2, float("inf"), tl.abs(x2))
-        m3 = tl.where(x3 != x3, float("inf"), tl.abs(x3))
+        m0 = tl.where(f0 != f0, float("inf"), tl.abs(f0))
+        m1 = tl.where(f1 != f1, float("inf"), tl.abs(f1))
+        m2 = tl.where(f2 != f2, float("inf"), tl.abs(f2))
+        m3 = tl.where(f3 != f3, float("inf"), tl.abs(f3))
         # rank_j: entries larger than j, or equal to it at a lower index; j is kept when rank_j < 2.
         k0 = ((m1 > m0).to(tl.int32) + (m2 > m0).to(tl.int32) + (m3 > m0).to(tl.int32)) < 2
         k1 = ((m0 >= m1).to(tl.int32) + (m2 > m1).to(tl.int32) + (m3 > m1).to(tl.int32)) < 2
         k2 = ((m0 >= m2).to(tl.int32) + (m1 >= m2).to(tl.int32) + (m3 > m2).to(tl.int32)) < 2
         k3 = ((m0 >= m3).to(tl.int32) + (m1 >= m3).to(tl.int32) + (m2 >= m3).to(tl.int32)) < 2
         if WRITE_VALUES:
-            v0 = tl.where(k0, x0, tl.where(k1, x1, x2))
-            v1 = tl.where(k3, x3, tl.where(k2, x2, x1))
-            v0 = tl.where(v0 == 0.0, 0.0, v0)
-            v1 = tl.where(v1 == 0.0, 0.0, v1)
+            # values_ptr is an integer view: NaN payloads survive, as in decompress and gather (a float
+            # conversion on the way would be free to rewrite them); only a zero is rewritten, to +0.0.
+            bits_ty = values_ptr.dtype.element_ty
+            b0, b1 = x0.to(bits_ty, bitcast=True), x1.to(bits_ty, bitcast=True)
+            b2, b3 = x2.to(bits_ty, bitcast=True), x3.to(bits_ty, bitcast=True)
+            v0 = tl.where(k0, b0, tl.where(k1, b1, b2))
+            v1 = tl.where(k3, b3, tl.where(k2, b2, b1))
+            zero0 = tl.where(k0, f0, tl.where(k1, f1, f2)) == 0.0
+            zero1 = tl.where(k3, f3, tl.where(k2, f2, f1)) == 0.0
             dst = values_ptr + r[:, None] * stride_values + w[None, :] * 8 + 2 * q
-            tl.store(dst, v0.to(values_ptr.dtype.element_ty), mask=inb)
-            tl.store(dst + 1, v1.to(values_ptr.dtype.element_ty), mask=inb)
+            tl.store(dst, tl.where(zero0, 0, v0), mask=inb)
+            tl.store(dst + 1, tl.where(zero1, 0, v1), mask=inb)
         if WRITE_META:
             idx0 = tl.where(k0, 0, tl.where(k1, 1, 2))
             idx1 = tl.where(k3, 3, tl.where(k2, 2, 1))
@@ -197,7 +204,7 @@ def compress(src: torch.Tensor, values, meta, mask) -> None:
     dummy = src
     _sparse24_compress_kernel[grid](
         src,
-        values if values is not None else dummy,
+        _bits(values) if values is not None else dummy,
         meta if meta is not None else dummy,
         mask if mask is not None else dummy,
         rows,

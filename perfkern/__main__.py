@@ -20,10 +20,22 @@ import time
 import torch
 
 import perfkern
-from perfkern import _dispatch, _ext, sparsity
+from perfkern import _autotune, _dispatch, _ext, sparsity
 
 
-def info() -> None:
+def configuration_errors() -> list[str]:
+    """What is wrong with the ``PERFKERN_*`` variables that every op reads (each op would raise it)."""
+    errors = []
+    for check in (_dispatch.requested_backend, _autotune.autotune_enabled):
+        try:
+            check()
+        except ValueError as err:
+            errors.append(str(err))
+    return errors
+
+
+def info(errors: list[str]) -> None:
+    """Versions, the compiled core, the device, the backends, and ``errors`` (from ``configuration_errors``)."""
     print(f"perfkern {perfkern.__version__}  torch {torch.__version__}  python {platform.python_version()}")
     try:
         import triton
@@ -38,7 +50,12 @@ def info() -> None:
         print(f"device: {torch.cuda.get_device_name()} (sm_{''.join(map(str, torch.cuda.get_device_capability()))})")
     else:
         print("device: cpu (no CUDA device visible to torch)")
-    print(f"backend requested: {_dispatch.requested_backend()} (PERFKERN_BACKEND or perfkern.use_backend)")
+    for error in errors:
+        print(f"error: {error}")
+    try:
+        print(f"backend requested: {_dispatch.requested_backend()} (PERFKERN_BACKEND or perfkern.use_backend)")
+    except ValueError:
+        pass  # reported above
     print(f"backends available on {device.type}: {', '.join(perfkern.available_backends(device))}")
     for backend in _dispatch.BACKENDS:
         reason = _dispatch.unavailable_reason(backend, device)
@@ -130,8 +147,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         print(f"python -m perfkern {command} takes no options, got {' '.join(rest)}", file=sys.stderr)
         return 2
+    errors = configuration_errors()
     if command in (None, "info"):
-        info()
+        info(errors)
+    elif errors:
+        print("\n".join(f"error: {error}" for error in errors))
+    if errors:
+        return 2
     if command == "format":
         format_demo()
     if command in (None, "demo"):

@@ -38,12 +38,15 @@ _ENV = "PERFKERN_BACKEND"
 _log = logging.getLogger("perfkern")
 _override: contextvars.ContextVar[str | None] = contextvars.ContextVar("perfkern_backend", default=None)
 _last: dict[str, str] = {}
+_ops: dict[str, OpImpls] = {}
 
 
 def _check_name(name: str, source: str) -> str:
-    if name not in _CHOICES:
+    """``name`` read by the one rule for backend names (case and surrounding spaces ignored; empty is auto)."""
+    normal = (name.strip().lower() or "auto") if isinstance(name, str) else name
+    if normal not in _CHOICES:
         raise ValueError(f"{source} must be one of {', '.join(_CHOICES)}, got {name!r}")
-    return name
+    return normal
 
 
 def requested_backend() -> str:
@@ -51,13 +54,13 @@ def requested_backend() -> str:
     name = _override.get()
     if name is not None:
         return name
-    return _check_name(os.environ.get(_ENV, "auto").strip().lower() or "auto", _ENV)
+    return _check_name(os.environ.get(_ENV, "auto"), _ENV)
 
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
     """Run the perfkern ops inside the block on backend ``name`` (``auto``, ``cuda``, ``triton``, ``cpu`` or
-    ``reference``)."""
+    ``reference``; read as ``PERFKERN_BACKEND`` is: case and surrounding spaces do not matter)."""
     token = _override.set(_check_name(name, "use_backend(name)"))
     try:
         yield
@@ -126,9 +129,32 @@ def available_backends(device: torch.device | str | None = None) -> list[str]:
     return [b for b in BACKENDS if unavailable_reason(b, device) is None]
 
 
+def op_names() -> list[str]:
+    """The names ``last_backend`` takes: one per dispatched op, in the order they were defined."""
+    return list(_ops)
+
+
 def last_backend(op: str | None = None) -> str | None:
-    """The backend that ran the most recent call of ``op`` (``"compress_2to4"``), or of any op if None."""
+    """The backend that ran the most recent call of ``op`` (one of ``op_names()``, e.g. ``"compress_2to4"``), or
+    of any op if None; None if it has not run yet."""
+    if op is not None and op not in _ops:
+        raise ValueError(f"op must be None or one of {', '.join(map(repr, _ops))}, got {op!r}")
     return _last.get(op if op is not None else "*")
+
+
+def _has_float64(args: tuple) -> bool:
+    return any(isinstance(arg, torch.Tensor) and arg.dtype == torch.float64 for arg in args)
+
+
+def _dtype_reason(backend: str, args: tuple) -> str | None:
+    """Why ``backend`` cannot take these arguments' dtypes, or None: the kernels run float32, float16 and
+    bfloat16; float64 runs on the reference only (``auto`` picks it)."""
+    if backend == "reference" or not _has_float64(args):
+        return None
+    return (
+        f"backend {backend!r} takes float32, float16 and bfloat16 tensors, got torch.float64; float64 runs on the "
+        "reference backend (auto picks it)"
+    )
 
 
 @dataclass(frozen=True)
@@ -150,6 +176,9 @@ class OpImpls:
     tuning: Tuning | None = None
     _resolved: dict = field(default_factory=dict, compare=False, repr=False)
 
+    def __post_init__(self) -> None:
+        _ops.setdefault(self.name, self)
+
     def has(self, backend: str) -> bool:
         """Whether ``backend`` implements the op (without importing it)."""
         return getattr(self, backend) is not None
@@ -168,13 +197,17 @@ def select(impls: OpImpls, device: torch.device, args: tuple = ()) -> str:
     """The backend that runs ``impls`` with ``args`` on ``device`` now; raises if an explicitly requested one
     cannot."""
     requested = requested_backend()
+    # Read on every call, wherever the op runs, so that a bad value is an error rather than silently ignored.
+    _autotune.autotune_enabled()
     if requested != "auto":
         if not impls.has(requested):
             raise BackendUnavailableError(f"perfkern::{impls.name} has no {requested} implementation")
-        reason = unavailable_reason(requested, device)
+        reason = unavailable_reason(requested, device) or _dtype_reason(requested, args)
         if reason is not None:
             raise BackendUnavailableError(f"perfkern::{impls.name}: backend {requested!r} is unavailable: {reason}")
         return requested
+    if _has_float64(args):
+        return "reference"
     if device.type == "cpu" and not triton_interpret():
         order = _CPU_AUTO
     else:

@@ -57,17 +57,22 @@ def sparse24_linear(
       ``values`` holds only the kept entries of ``dyᵀ·x`` (compressed form); ``dA = s·(dy·B)ᵀ·x``,
       ``dB = s·dyᵀ·(x·Aᵀ)``, ``db = Σ dy``.
 
-    All float tensors share x's dtype (float32, float16 or bfloat16); accumulation is fp32. Under
-    ``torch.autocast`` they are all cast to the autocast dtype first.
+    All float tensors share x's dtype (float32, float16 or bfloat16; float64 on the reference backend);
+    accumulation is fp32 (fp64 for fp64). Under ``torch.autocast`` they are all cast to the autocast dtype first.
     """
     x, values, bias, lora_a, lora_b, bwd_values = _autocast(x.device, x, values, bias, lora_a, lora_b, bwd_values)
     check_float("x", x)
     if x.dim() < 1:
         raise ValueError("x must be [..., K], got a scalar")
-    k = x.shape[-1]
-    check_k16("K (x.shape[-1])", k)
     if values.dim() != 2:
         raise ValueError(f"values must be 2-D [N, K/2], got shape {shape_str(values.shape)}")
+    k = x.shape[-1]
+    if k != 2 * values.shape[1]:
+        # The weight fixes K: a wrong width is the input's fault, and the message says what the weight expects.
+        raise ValueError(
+            f"x must be [..., K] with K = 2 * values.shape[1] = {2 * values.shape[1]}, got {shape_str(x.shape)}"
+        )
+    check_k16("K (x.shape[-1])", k)
     n = values.shape[0]
     _expect("values", values, (n, k // 2), "[N, K/2]")
     _expect_dtype("values", values, x.dtype)
@@ -186,10 +191,10 @@ def dendrite_correlation(values: torch.Tensor, errors: torch.Tensor, mode: str =
     candidates' outputs and the neurons' errors over the P tokens of a batch (DESIGN §3.5, Cascade-Correlation).
 
     values: [(L,) P, C, N] (C candidates per neuron, post-activation); errors: [(L,) P, N] (∂L/∂ neuron output,
-    treated as constants). Returns [(L,) C, N] in fp32. Computed with a stable reduction (V ≈ 0.5 with a tiny
-    spread, the usual case at initialisation, is exact to fp32 rounding); a NaN in one neuron's errors stays in
-    that neuron. Differentiable in values, so ``-(score.abs().sum())`` gives candidates their
-    Cascade-Correlation gradient."""
+    treated as constants). Returns [(L,) C, N] in fp32 (fp64 for fp64 inputs, on the reference backend).
+    Computed with a stable reduction (V ≈ 0.5 with a tiny spread, the usual case at initialisation, is exact to
+    fp32 rounding); a NaN in one neuron's errors stays in that neuron. Differentiable in values, so
+    ``-(score.abs().sum())`` gives candidates their Cascade-Correlation gradient."""
     if mode not in _dendrite_ref.MODES:
         raise ValueError(f"mode must be 'cc' or 'pearson', got {mode!r}")
     values4, errors3, batched = _stacked(values, errors)

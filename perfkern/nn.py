@@ -85,8 +85,12 @@ class SparseLoRALinear(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if in_features % 16 != 0:
-            raise ValueError(f"in_features must be a multiple of 16 for 2:4 metadata, got {in_features}")
+        if in_features <= 0 or in_features % 16 != 0:
+            raise ValueError(f"in_features must be a positive multiple of 16 (2:4 metadata), got {in_features}")
+        if out_features <= 0:
+            raise ValueError(f"out_features must be positive, got {out_features}")
+        if rank < 0:
+            raise ValueError(f"rank must be >= 0 (0: no adapter), got {rank}")
         if adapter not in (None, "lora", "pera"):
             raise ValueError(f"adapter must be 'lora', 'pera' or None, got {adapter!r}")
         self.pera_mode = _choose("pera_mode", pera_mode, PERA_MODES)
@@ -326,10 +330,12 @@ class SparseLoRALinear(nn.Module):
     @torch.no_grad()
     def merged_weight(self, adapters: bool = True) -> torch.Tensor:
         """Dense [out, in] weight equal to this layer: Ws, plus the adapter's ΔW when it is on and ``adapters``
-        (fp32 sum). ``adapters=False``: Ws alone, the base an exported adapter (``perfkern.export_lora``) goes on."""
+        (fp32 sum, fp64 for fp64 layers). ``adapters=False``: Ws alone, the base an exported adapter
+        (``perfkern.export_lora``) goes on."""
+        acc = _sum_dtype(self.values)
         w = sparsity.decompress_2to4(self.values, self.meta)
         if adapters and self.adapter_active:
-            w = w.float() + _delta_weight(self).float()
+            w = w.to(acc) + _delta_weight(self).to(acc)
         return w.to(self.values.dtype)
 
     def to_linear(self, adapters: bool = True) -> nn.Linear:
@@ -396,6 +402,8 @@ class SparseLoRALinear(nn.Module):
         _count_steps_of(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"x must be [..., in_features] = [..., {self.in_features}], got {list(x.shape)}")
         lora = self.adapter_active and self.adapter == "lora"
         y = sparse24_linear(
             x,
@@ -506,7 +514,8 @@ def _delta_weight(module: nn.Module) -> torch.Tensor:
     """The adapter's ΔW [out, in]: s·B·A for LoRA, s·B̂·Â for PERA."""
     if module.adapter == "pera":
         return pera_delta_weight(module.lora_a, module.lora_b, module.lora_h, module.scale, module.pera_mode)
-    return module.scale * (module.lora_b.float() @ module.lora_a.float())
+    acc = _sum_dtype(module.lora_a)
+    return module.scale * (module.lora_b.to(acc) @ module.lora_a.to(acc))
 
 
 def _adapter_repr(module: nn.Module) -> str:
@@ -566,9 +575,10 @@ class PeraLinear(nn.Module):
         merged = nn.Linear(
             self.in_features, self.out_features, bias=self.base.bias is not None, **_factory(self.base.weight)
         )
-        weight = self.base.weight.float()
+        acc = _sum_dtype(self.base.weight)
+        weight = self.base.weight.to(acc)
         if self.adapter_active:
-            weight = weight + _delta_weight(self).float()
+            weight = weight + _delta_weight(self).to(acc)
         merged.weight.copy_(weight)
         if self.base.bias is not None:
             merged.bias.copy_(self.base.bias)
@@ -576,6 +586,11 @@ class PeraLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, adapter={_adapter_repr(self)}"
+
+
+def _sum_dtype(t: torch.Tensor) -> torch.dtype:
+    """Merged weights are summed in fp32 (fp64 for fp64 layers) and rounded once."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def _factory(t: torch.Tensor) -> dict:

@@ -8,6 +8,7 @@ W is [N, K] (out, in), 2:4 along K; K must be a multiple of 16.
   name two indices and store explicit zeros. -0.0 counts as zero and is stored as +0.0.
 
 Every function here checks its arguments, then runs a ``perfkern::*`` op on the backend ``perfkern`` selects.
+float64 is taken everywhere but the CUTLASS layout, and runs on the reference backend.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def is_2to4(w: torch.Tensor) -> bool:
     check_2d("w", w)
     if w.shape[1] % 4 != 0:
         return False
-    return bool(((w != 0).view(w.shape[0], -1, 4).sum(-1) <= 2).all())
+    return bool(((w != 0).view(w.shape[0], w.shape[1] // 4, 4).sum(-1) <= 2).all())
 
 
 def compress_2to4(w: torch.Tensor, *, strict: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,7 +111,7 @@ def compress_2to4(w: torch.Tensor, *, strict: bool = True) -> tuple[torch.Tensor
     """
     _check_dense("w", w)
     if strict:
-        counts = (w != 0).view(w.shape[0], -1, 4).sum(-1)
+        counts = (w != 0).view(w.shape[0], w.shape[1] // 4, 4).sum(-1)
         bad = (counts > 2).nonzero()
         if bad.numel():
             row, group = (int(i) for i in bad[0])
@@ -158,19 +159,25 @@ def _check_cutlass(values: torch.Tensor, meta: torch.Tensor, values_name: str) -
 
 
 def to_cutlass(values: torch.Tensor, meta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Canonical 2:4 pair → (values, meta) in the layout of torch's semi-structured CUTLASS backend.
+    """Canonical 2:4 pair → (values, meta) in the layout of torch's semi-structured CUTLASS backend: exactly what
+    ``torch.sparse.to_sparse_semi_structured`` (``sparse_semi_structured_from_dense_cutlass``) stores as
+    ``packed`` / ``meta`` for the matrix ``decompress_2to4(values, meta)``, bit for bit, zeros compared by value.
 
-    The values are the same tensor (both layouts keep them in column order); only the metadata is reordered.
-    The result is what ``torch.sparse.to_sparse_semi_structured`` stores as ``packed`` / ``meta`` with the
-    CUTLASS backend. float16/bfloat16, N % 32 == 0, K % 64 == 0."""
+    Both layouts keep the values in column order; the metadata words are reordered. Groups with fewer than two
+    non-zeros name other positions in torch's layout than in the canonical one (torch keeps positions (2, 3) for
+    an all-zero group and (0, 2), (1, 2), (2, 3), (2, 3) for a lone non-zero at 0, 1, 2, 3; the canonical rule
+    keeps the lowest indices), so those groups are re-encoded first; their zeros are +0.0 (torch copies the
+    dense matrix's, which may be -0.0). float16/bfloat16, N % 32 == 0, K % 64 == 0."""
     _check_cutlass(values, meta, "values")
+    values, meta = _ref.repick_2to4(values, meta, _ref.TORCH_CUTLASS_PAIRS)
     return values, _ops.meta_to_cutlass(meta)
 
 
 def from_cutlass(values_c: torch.Tensor, meta_c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(values, meta) in torch's semi-structured CUTLASS layout → the canonical 2:4 pair."""
+    """(values, meta) in torch's semi-structured CUTLASS layout → the canonical 2:4 pair of the same matrix
+    (what ``compress_2to4`` gives for it: under-full groups re-encoded to the canonical positions, zeros +0.0)."""
     _check_cutlass(values_c, meta_c, "values_c")
-    return values_c, _ops.meta_from_cutlass(meta_c)
+    return _ref.repick_2to4(values_c, _ops.meta_from_cutlass(meta_c), _ref.CANONICAL_PAIRS)
 
 
 def pad_to_multiple(w: torch.Tensor, multiple: int = 16, dim: int = -1) -> torch.Tensor:

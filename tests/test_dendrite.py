@@ -109,6 +109,17 @@ def test_reference_gradcheck(mode):
     assert torch.autograd.gradcheck(lambda v: ref.dendrite_correlation(v, errors, mode), (values,))
 
 
+@pytest.mark.parametrize("mode", ["cc", "pearson"])
+def test_float64_gradcheck_of_the_registered_backward(mode):
+    values = torch.rand(2, 9, 2, 4, dtype=torch.float64, requires_grad=True)
+    errors = torch.randn(2, 9, 4, dtype=torch.float64)
+    with perfkern.use_backend("reference"):
+        score = perfkern.dendrite_correlation(values, errors, mode)
+        assert score.dtype == torch.float64
+        torch.testing.assert_close(score, ref.dendrite_correlation(values, errors, mode), atol=1e-12, rtol=1e-12)
+        assert torch.autograd.gradcheck(lambda v: perfkern.dendrite_correlation(v, errors, mode), (values,))
+
+
 @pytest.mark.parametrize("name", ["dendrite_stats", "dendrite_grad", "dendrite_correlation"])
 def test_opcheck(device, name):
     values = torch.rand(2, 9, 3, 4, device=device)

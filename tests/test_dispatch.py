@@ -1,5 +1,7 @@
 """Backend choice (DESIGN §1): one function decides, explicit requests never fall back, what ran is reported."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -77,3 +79,70 @@ def test_gpu_auto_prefers_cuda(monkeypatch):
     monkeypatch.delenv("PERFKERN_BACKEND", raising=False)
     sparsity.compress_2to4(torch.randn(32, 64, device="cuda"), strict=False)
     assert perfkern.last_backend("compress_2to4") == "cuda"
+
+
+def test_backend_names_follow_one_rule(monkeypatch):
+    """use_backend and PERFKERN_BACKEND read a name the same way (case and surrounding spaces ignored) and
+    reject the same names with the same message."""
+    monkeypatch.delenv("PERFKERN_BACKEND", raising=False)
+    for spelling in ("Triton", " REFERENCE ", "Auto"):
+        with perfkern.use_backend(spelling):
+            from_block = _dispatch.requested_backend()
+        monkeypatch.setenv("PERFKERN_BACKEND", spelling)
+        assert _dispatch.requested_backend() == from_block == spelling.strip().lower()
+        monkeypatch.delenv("PERFKERN_BACKEND")
+    listed = "one of auto, cuda, triton, reference, got 'gpu'"
+    with pytest.raises(ValueError, match=f"use_backend\\(name\\) must be {listed}"):
+        perfkern.use_backend("gpu").__enter__()
+    monkeypatch.setenv("PERFKERN_BACKEND", "gpu")
+    with pytest.raises(ValueError, match=f"PERFKERN_BACKEND must be {listed}"):
+        _dispatch.requested_backend()
+
+
+def test_autotune_variable_is_checked_wherever_an_op_runs(monkeypatch):
+    monkeypatch.setenv("PERFKERN_AUTOTUNE", "maybe")
+    with pytest.raises(ValueError, match="PERFKERN_AUTOTUNE must be 0 or 1, got 'maybe'"):
+        sparsity.mask_2to4(torch.randn(4, 16))
+
+
+def test_last_backend_of_an_unknown_op_lists_the_names():
+    sparsity.mask_2to4(torch.randn(4, 16))
+    assert perfkern.last_backend("mask_2to4") is not None
+    with pytest.raises(ValueError, match=r"op must be None or one of .*'compress_2to4'.*'sparse24_mm'.*got 'compres'"):
+        perfkern.last_backend("compres")
+
+
+def test_readme_names_every_op_that_last_backend_takes():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [name for name in _dispatch.op_names() if f"`{name}`" not in readme]
+    assert not missing, f"README does not list {missing}"
+
+
+def test_float64_runs_the_reference_under_auto_and_kernels_refuse_it(monkeypatch, device):
+    monkeypatch.delenv("PERFKERN_BACKEND", raising=False)
+    w = torch.randn(8, 32, dtype=torch.float64, device=device)
+    sparsity.compress_2to4(w, strict=False)
+    assert perfkern.last_backend("compress_2to4") == "reference"
+    for backend in ("triton", "cuda"):
+        if _dispatch.unavailable_reason(backend, device) is not None:
+            continue
+        with (
+            perfkern.use_backend(backend),
+            pytest.raises(
+                perfkern.BackendUnavailableError,
+                match=f"backend '{backend}' takes float32, float16 and bfloat16.*float64",
+            ),
+        ):
+            sparsity.compress_2to4(w, strict=False)
+
+
+def test_info_reports_a_bad_variable_without_a_traceback(monkeypatch, capsys):
+    from perfkern.__main__ import main
+
+    monkeypatch.setenv("PERFKERN_BACKEND", "fastest")
+    monkeypatch.setenv("PERFKERN_AUTOTUNE", "maybe")
+    assert main(["info"]) == 2
+    out = capsys.readouterr().out
+    assert "PERFKERN_BACKEND must be one of auto, cuda, triton, reference, got 'fastest'" in out
+    assert "PERFKERN_AUTOTUNE must be 0 or 1, got 'maybe'" in out
+    assert main([]) == 2, "the demo must not start with a bad configuration"

@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+from tolerances import TOLERANCES, assert_bits_equal, assert_close
 from torch import nn
 
 import perfkern
@@ -99,10 +100,55 @@ def test_sparsify_reports_what_it_skips():
 
 
 def _tiny_gpt():
+    """One block, every projection 2:4 with a PERA adapter switched on and every adapter factor non-zero and
+    large enough that the adapter (its second-order terms included) moves the logits far beyond bf16's
+    tolerance: the tests below compare the adapter's arithmetic, not zeros."""
     torch.manual_seed(0)
     model = TinyGPT(32, d=64, layers=1, context=16)
     perfkern.sparsify(model, rank=4, lazy=False, adapter="pera")
+    with torch.no_grad():
+        for layer in _sparse_layers(model):
+            layer.lora_a.normal_(std=0.2)
+            layer.lora_b.normal_(std=0.2)
+            layer.lora_h.normal_()
     return model
+
+
+def _sparse_layers(model):
+    return [m for m in model.modules() if isinstance(m, perfkern.SparseLoRALinear)]
+
+
+TRAINED = ("values", "bias", "lora_a", "lora_b", "lora_h")
+
+
+def _grads(model) -> dict[str, torch.Tensor]:
+    return {
+        f"{i}.{name}": getattr(layer, name).grad for i, layer in enumerate(_sparse_layers(model)) for name in TRAINED
+    }
+
+
+def _loss(logits: torch.Tensor) -> torch.Tensor:
+    return logits.float().square().mean()
+
+
+def test_adapters_of_the_tiny_gpt_matter():
+    """The premise of the comparisons below: the adapters, and PERA's h alone, change the logits by far more than
+    the bf16 tolerance, and every trained tensor gets a non-zero gradient."""
+    model = _tiny_gpt()
+    x = torch.randint(0, 32, (2, 16))
+    logits = model(x)
+    _loss(logits).backward()
+    for name, grad in _grads(model).items():
+        assert grad is not None and grad.abs().max() > 0, name
+    no_h = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer in _sparse_layers(no_h):
+            layer.lora_h.zero_()
+    bound = TOLERANCES[torch.bfloat16]["atol"] * 10
+    assert (no_h(x) - logits).abs().max() > bound
+    for layer in _sparse_layers(no_h):
+        layer.enable_adapter(False)
+    assert (no_h(x) - logits).abs().max() > bound
 
 
 def test_compile_without_graph_breaks():
@@ -112,37 +158,54 @@ def test_compile_without_graph_breaks():
     assert explanation.graph_break_count == 0, [r.reason for r in explanation.break_reasons]
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     eager = copy.deepcopy(model)
-    out = compiled(x)
-    torch.testing.assert_close(out, eager(x))
-    out.square().mean().backward()
-    eager(x).square().mean().backward()
-    layer, eager_layer = model.blocks[0].qkv, eager.blocks[0].qkv
-    torch.testing.assert_close(layer.values.grad, eager_layer.values.grad)
-    torch.testing.assert_close(layer.lora_h.grad, eager_layer.lora_h.grad)
+    out, expected = compiled(x), eager(x)
+    assert_close(out, expected)
+    _loss(out).backward()
+    _loss(expected).backward()
+    want = _grads(eager)
+    for name, grad in _grads(model).items():
+        assert want[name].abs().max() > 0, name
+        assert_close(grad, want[name])
+
+
+def _relative(t: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return t.float() / scale.abs().max().float()
 
 
 def test_autocast_bf16():
+    """Under autocast the layers compute in bf16 (fp32 accumulation): logits and every gradient within bf16's
+    tolerance of the fp32 model (gradients relative to their largest entry), adapters included."""
     model = _tiny_gpt()
+    fp32 = copy.deepcopy(model)
     x = torch.randint(0, 32, (2, 16))
-    reference = model(x)
+    reference = fp32(x)
+    _loss(reference).backward()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x)
-        out.float().square().mean().backward()
+        _loss(out).backward()
     assert out.dtype == torch.bfloat16
-    layer = model.blocks[0].fc
-    assert layer.values.grad.dtype == torch.float32 and layer.lora_a.grad.dtype == torch.float32
-    torch.testing.assert_close(out.float(), reference, atol=0.1, rtol=0.1)
+    assert_close(out.float(), reference, torch.bfloat16)
+    want = _grads(fp32)
+    for name, grad in _grads(model).items():
+        assert grad.dtype == torch.float32, name
+        assert_close(_relative(grad, want[name]), _relative(want[name], want[name]), torch.bfloat16)
 
 
 def test_model_to_dtype_keeps_the_format():
-    model = _tiny_gpt().to(torch.bfloat16)
-    layer = model.blocks[0].out
-    assert (
-        layer.values.dtype == torch.bfloat16 and layer.meta.dtype == torch.int16 and layer.bwd_meta.dtype == torch.int16
-    )
-    assert layer.adapter_enabled.dtype == torch.bool and layer.adapter_active
+    """model.to(bf16) rounds the kept values, keeps the metadata and the adapter switch, and the bf16 model's
+    logits stay within bf16's tolerance of the fp32 model's."""
+    fp32 = _tiny_gpt()
+    model = copy.deepcopy(fp32).to(torch.bfloat16)
+    for layer, original in zip(_sparse_layers(model), _sparse_layers(fp32), strict=True):
+        assert_bits_equal(layer.values.detach(), original.values.detach().to(torch.bfloat16))
+        assert_bits_equal(layer.meta, original.meta)
+        assert_bits_equal(layer.bwd_meta, original.bwd_meta)
+        assert_bits_equal(layer.lora_h.detach(), original.lora_h.detach().to(torch.bfloat16))
+        assert layer.adapter_enabled.dtype == torch.bool and layer.adapter_active
     x = torch.randint(0, 32, (2, 16))
-    assert model(x).dtype == torch.bfloat16
+    out = model(x)
+    assert out.dtype == torch.bfloat16
+    assert_close(out.float(), fp32(x), torch.bfloat16)
 
 
 def test_safetensors_round_trip(tmp_path):

@@ -11,6 +11,7 @@ from torch import nn
 import perfkern
 from perfkern.ops import pera as ops
 from perfkern.reference import pera as ref
+from perfkern.reference import sparse24 as ref_sparse
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 MODES = list(ref.MODES)
@@ -148,7 +149,8 @@ def _bad_calls():
         pytest.param(lambda: perfkern.pera_adapter(x, a, b, h, mode="square"), r"= \[4\], got \[10\]", id="h-mode"),
         pytest.param(lambda: perfkern.pera_adapter(x, a, b[:, :3], h), r"lora_b must be \[N, r\] with r = 4", id="B"),
         pytest.param(lambda: perfkern.pera_adapter(x[:, :31], a, b, h), r"x must be \[..., K\] with K = 32", id="x"),
-        pytest.param(lambda: perfkern.pera_adapter(x.double(), a, b, h), r"x must be float32", id="x-dtype"),
+        pytest.param(lambda: perfkern.pera_adapter(x.int(), a, b, h), r"x must be float32, .* or float64", id="x-int"),
+        pytest.param(lambda: perfkern.pera_adapter(x.double(), a, b, h), r"x must have lora_a's dtype", id="x-f64"),
         pytest.param(lambda: perfkern.pera_adapter(x, a, b.half(), h), r"lora_b must have lora_a's dtype", id="Bdt"),
         pytest.param(lambda: perfkern.pera_delta_weight(a[0], b, h), r"lora_a must be 2-D", id="A-rank"),
     ]
@@ -268,3 +270,72 @@ def test_peft_pera_with_zero_h_is_peft_lora():
             )
     x = torch.randn(4, 32)
     torch.testing.assert_close(pera(x), lora(x), atol=1e-5, rtol=1e-5)
+
+
+def _expanded(a, b, h, mode):
+    """Â and B̂ written out pair by pair from DESIGN §3.4, independently of the reference's vectorised form."""
+    r = a.shape[0]
+    pairs = [(i, j) for i in range(r) for j in range(i, r) if {"full": True, "square": i == j, "cross": i < j}[mode]]
+    a_hat = torch.cat([a] + [(h[p] * a[i] * a[j]).unsqueeze(0) for p, (i, j) in enumerate(pairs)])
+    b_hat = torch.cat([b] + [(b[:, i] * b[:, j]).unsqueeze(1) for i, j in pairs], dim=1)
+    return a_hat, b_hat
+
+
+@pytest.mark.parametrize("module", ["sparse", "dense"])
+@pytest.mark.parametrize(
+    "rank,alpha,mode,expected_scale",
+    [pytest.param(3, 6.0, "full", 2.0, id="r3-alpha6-full"), pytest.param(4, None, "cross", 1.0, id="r4-default-cross"),
+     pytest.param(2, 1.0, "square", 0.5, id="r2-alpha1-square")],
+)  # fmt: skip
+def test_pera_scale_is_alpha_over_rank(device, module, rank, alpha, mode, expected_scale):
+    """s = alpha / r with r the LoRA rank, never r + |P| (the expanded width), for both PERA modules; the number
+    is written here, not read from the layer."""
+    torch.manual_seed(3)
+    linear = nn.Linear(64, 32, device=device)
+    if module == "sparse":
+        layer = perfkern.SparseLoRALinear.from_linear(
+            linear, rank=rank, alpha=alpha, adapter="pera", pera_mode=mode, lazy=False
+        )
+        base = ref_sparse.decompress_2to4(layer.values.detach(), layer.meta)
+    else:
+        layer = perfkern.PeraLinear(linear, rank=rank, alpha=alpha, mode=mode)
+        base = linear.weight.detach()
+    with torch.no_grad():
+        layer.lora_b.normal_()
+        layer.lora_h.normal_()
+    assert layer.scale == expected_scale
+    a_hat, b_hat = _expanded(layer.lora_a.detach(), layer.lora_b.detach(), layer.lora_h.detach(), mode)
+    x = torch.randn(5, 64, device=device)
+    expected = x @ base.t() + linear.bias.detach() + expected_scale * (x @ a_hat.t()) @ b_hat.t()
+    torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(layer.to_linear().weight, base + expected_scale * b_hat @ a_hat, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_float64_gradcheck_of_the_registered_backward(mode):
+    a, b, h = _factors(12, 20, 3, mode, torch.float64, "cpu")
+    x = torch.randn(2, 4, 20, dtype=torch.float64)
+    leaves = [t.clone().requires_grad_(True) for t in (x, a, b, h)]
+    with perfkern.use_backend("reference"):
+        assert torch.autograd.gradcheck(
+            lambda *t: perfkern.pera_adapter(*t, scale=0.7, mode=mode), leaves, fast_mode=True
+        )
+        assert torch.autograd.gradcheck(
+            lambda *t: perfkern.pera_delta_weight(*t, 0.7, mode), leaves[1:], fast_mode=True
+        )
+
+
+def test_float64_pera_layers(device):
+    torch.manual_seed(4)
+    linear = nn.Linear(32, 16, device=device, dtype=torch.float64)
+    for layer in (
+        perfkern.PeraLinear(linear, rank=3, alpha=6),
+        perfkern.SparseLoRALinear.from_linear(linear, rank=3, alpha=6, adapter="pera", lazy=False, backward="exact"),
+    ):
+        with torch.no_grad():
+            layer.lora_b.normal_()
+            layer.lora_h.normal_()
+        x = torch.randn(5, 32, dtype=torch.float64, device=device, requires_grad=True)
+        assert layer(x).dtype == torch.float64
+        assert torch.autograd.gradcheck(layer, (x,), fast_mode=True)
+        torch.testing.assert_close(layer.to_linear()(x), layer(x), atol=1e-12, rtol=1e-12)

@@ -1,10 +1,12 @@
 """The 2:4 format on every backend against the reference, bit for bit (DESIGN §3.1, §3.2)."""
 
+import functools
 import itertools
+import math
 
 import pytest
 import torch
-from tolerances import assert_bits_equal
+from tolerances import assert_bits_equal as _assert_bits_equal
 from torch.sparse._semi_structured_conversions import (
     sparse_semi_structured_from_dense_cutlass,
     sparse_semi_structured_to_dense_cutlass,
@@ -13,6 +15,12 @@ from torch.sparse._semi_structured_conversions import (
 import perfkern
 from perfkern import sparsity
 from perfkern.reference import sparse24 as ref
+
+
+def assert_bits_equal(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """The format ops only move data: NaNs must keep their sign and payload too."""
+    _assert_bits_equal(actual, expected, exact_nan=True)
+
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 SHAPES = [
@@ -57,6 +65,69 @@ def _brute_force_mask(scores: torch.Tensor) -> torch.Tensor:
         for j in order[:2]:
             out[r, 4 * g + j] = True
     return out
+
+
+# Every group of four over these values: each tie (equal magnitudes of either sign, +0 and -0, two NaNs, +inf and
+# -inf) at every pair of positions and in both orders, and NaNs with a sign and a payload that data movement must
+# keep bit for bit. Bit patterns per dtype: +0, -0, 1, -1, 2, +inf, -inf, a quiet NaN with a payload, a negative
+# signalling NaN with a payload.
+_TIE_BITS = {
+    torch.float32: [0, -(2**31), 0x3F800000, -0x40800000, 0x40000000, 0x7F800000, -0x00800000, 0x7FC00001,
+                    -0x007FFFFF],
+    torch.float16: [0, -0x8000, 0x3C00, -0x4400, 0x4000, 0x7C00, -0x0400, 0x7E01, -0x03FF],
+    torch.bfloat16: [0, -0x8000, 0x3F80, -0x4080, 0x4000, 0x7F80, -0x0080, 0x7FC1, -0x007F],
+    torch.float64: [0, -(2**63), 0x3FF << 52, -(0x401 << 52), 0x400 << 52, 0x7FF << 52, -(1 << 52),
+                    (0x7FF8 << 48) + 1, -(1 << 52) + 1],
+}  # fmt: skip
+
+
+@functools.cache
+def _every_group(dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """(w, mask, values, meta, dense): w [411, 64] holds all 9^4 groups over _TIE_BITS (then all-zero groups), and
+    the expected mask, canonical format and decompressed matrix, worked out one group at a time on the bits."""
+    int_dtype = {8: torch.int64, 4: torch.int32, 2: torch.int16}[dtype.itemsize]
+    patterns = _TIE_BITS[dtype]
+    as_float = torch.tensor(patterns, dtype=int_dtype).view(dtype).double().tolist()
+    groups = list(itertools.product(range(len(patterns)), repeat=4))
+    groups += [(0, 0, 0, 0)] * (-len(groups) % 16)
+    w_bits, mask, v_bits, nibbles, d_bits = [], [], [], [], []
+    for group in groups:
+        mags = [math.inf if math.isnan(as_float[i]) else abs(as_float[i]) for i in group]
+        kept = sorted(sorted(range(4), key=lambda j: (-mags[j], j))[:2])
+        kept_bits = [0 if as_float[group[j]] == 0 else patterns[group[j]] for j in kept]
+        w_bits += [patterns[i] for i in group]
+        mask += [p in kept for p in range(4)]
+        v_bits += kept_bits
+        nibbles.append(kept[0] | kept[1] << 2)
+        d_bits += [kept_bits[kept.index(p)] if p in kept else 0 for p in range(4)]
+    rows = len(groups) // 16
+    words = [sum(n << (4 * q) for q, n in enumerate(nibbles[i : i + 4])) for i in range(0, len(nibbles), 4)]
+    meta = torch.tensor(words, dtype=torch.int32).to(torch.int16).view(rows, 4)
+
+    def floats(b, cols):
+        return torch.tensor(b, dtype=int_dtype).view(dtype).view(rows, cols)
+
+    mask = torch.tensor(mask).view(rows, 64)
+    return floats(w_bits, 64), mask, floats(v_bits, 32), meta, floats(d_bits, 64)
+
+
+@pytest.mark.parametrize("dtype", [*DTYPES, torch.float64], ids=str)
+def test_every_tie_sign_and_nan_pattern(backend, device, dtype):
+    """The selection rule (ties to the lower index, NaN above every number, -0.0 stored as +0.0) on every group
+    of four over signed zeros, equal magnitudes, infinities and NaNs, and every NaN's bits kept by compress,
+    decompress and gather. float64 runs on the reference; the kernels refuse it by name."""
+    w, mask, values, meta, dense = (t.to(device) for t in _every_group(dtype))
+    if dtype == torch.float64 and backend != "reference":
+        with pytest.raises(perfkern.BackendUnavailableError, match=f"'{backend}' takes float32.*got torch.float64"):
+            sparsity.compress_2to4(w, strict=False)
+        return
+    got_values, got_meta = sparsity.compress_2to4(w, strict=False)
+    assert perfkern.last_backend("compress_2to4") == backend
+    assert_bits_equal(got_meta, meta)
+    assert_bits_equal(got_values, values)
+    assert_bits_equal(sparsity.mask_2to4(w), mask)
+    assert_bits_equal(sparsity.decompress_2to4(values, meta), dense)
+    assert_bits_equal(sparsity.gather_2to4(dense, meta), values)
 
 
 def test_reference_mask_follows_the_rule():
@@ -138,12 +209,56 @@ def test_cutlass_layout_matches_torch(backend, device, n, k, dtype):
     assert_bits_equal(sparse_semi_structured_to_dense_cutlass(values_c, meta_c), w)
 
 
-def test_cutlass_roundtrip_of_any_metadata(backend, device):
+# The 11 groups of at most two non-zeros, as the positions of their non-zeros.
+_AT_MOST_TWO = [()] + [(p,) for p in range(4)] + list(itertools.combinations(range(4), 2))
+
+
+def _same_up_to_zero_sign(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Bit equality with every zero read as +0.0: torch's packed values keep the dense matrix's zero (-0.0 too)
+    in the slots it picks for an under-full group, the canonical format stores +0.0."""
+    zero = torch.zeros((), dtype=actual.dtype, device=actual.device)
+    assert_bits_equal(torch.where(actual == 0, zero, actual), torch.where(expected == 0, zero, expected))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_cutlass_layout_of_under_full_groups(backend, device, dtype):
+    """Every 2:4 matrix, groups with fewer than two non-zeros included: to_cutlass(*compress_2to4(w)) is torch's
+    converter bit for bit (zeros by value), and from_cutlass gives back the canonical pair."""
+    n, k = 64, 64
+    positions = [_AT_MOST_TWO[(g + g // 16) % len(_AT_MOST_TWO)] for g in range(n * k // 4)]
+    nonzero = torch.tensor([[p in kept for p in range(4)] for kept in positions], device=device).view(n, k)
+    w = torch.randn(n, k, device=device).abs().add(0.5).to(dtype) * torch.where(torch.rand(n, k) < 0.5, -1, 1).to(
+        device=device, dtype=dtype
+    )
+    w = torch.where(nonzero, w, torch.where(torch.rand(n, k, device=device) < 0.5, -0.0, 0.0).to(dtype))
+    torch_values, torch_meta = sparse_semi_structured_from_dense_cutlass(w)
+    values, meta = sparsity.compress_2to4(w)
+    values_c, meta_c = sparsity.to_cutlass(values, meta)
+    assert_bits_equal(meta_c, torch_meta)
+    _same_up_to_zero_sign(values_c, torch_values)
+    back_values, back_meta = sparsity.from_cutlass(torch_values, torch_meta)
+    assert_bits_equal(back_meta, meta)
+    assert_bits_equal(back_values, values)
+
+
+def test_cutlass_conversion_of_any_metadata(backend, device):
+    """Any metadata, malformed nibbles included, decodes to a 2:4 matrix (the second index wins): to_cutlass is
+    torch's converter of that matrix, from_cutlass its canonical compression. The metadata reorder alone is a
+    permutation of the words."""
     meta = torch.randint(-(2**15), 2**15, (64, 8), dtype=torch.int16, device=device)
     values = torch.randn(64, 64, device=device, dtype=torch.float16)
-    _, meta_c = sparsity.to_cutlass(values, meta)
-    assert_bits_equal(meta_c, ref.meta_to_cutlass(meta))
-    assert_bits_equal(sparsity.from_cutlass(values, meta_c)[1], meta)
+    values[::3, ::5] = 0.0
+    dense = ref.decompress_2to4(values, meta)
+    torch_values, torch_meta = sparse_semi_structured_from_dense_cutlass(dense)
+    values_c, meta_c = sparsity.to_cutlass(values, meta)
+    assert_bits_equal(meta_c, torch_meta)
+    _same_up_to_zero_sign(values_c, torch_values)
+    canonical = ref.compress_2to4(dense)
+    for got, want in zip(sparsity.from_cutlass(values_c, meta_c), canonical, strict=True):
+        assert_bits_equal(got, want)
+    reordered = torch.ops.perfkern.meta_to_cutlass(meta)
+    assert_bits_equal(reordered, ref.meta_to_cutlass(meta))
+    assert_bits_equal(torch.ops.perfkern.meta_from_cutlass(reordered), meta)
 
 
 def test_strict_compress_rejects_dense_input(device):
@@ -156,6 +271,17 @@ def test_strict_compress_rejects_dense_input(device):
     assert_bits_equal(sparsity.decompress_2to4(values, meta), ref.decompress_2to4(*ref.compress_2to4(w)))
     assert not sparsity.is_2to4(w)
     assert sparsity.is_2to4(sparsity.decompress_2to4(values, meta))
+
+
+@pytest.mark.parametrize("n,k", [pytest.param(0, 32, id="N0-K32"), pytest.param(5, 0, id="N5-K0")])
+def test_empty_matrices(backend, device, n, k):
+    w = torch.randn(n, k, device=device)
+    assert sparsity.is_2to4(w)
+    values, meta = sparsity.compress_2to4(w)
+    assert values.shape == (n, k // 2) and meta.shape == (n, k // 16) and meta.dtype == torch.int16
+    assert sparsity.mask_2to4(w).shape == (n, k)
+    assert sparsity.decompress_2to4(values, meta).shape == (n, k)
+    assert sparsity.gather_2to4(w, meta).shape == (n, k // 2)
 
 
 def test_pad_to_multiple():
@@ -174,9 +300,9 @@ def _bad_calls():
         "rank": (lambda: sparsity.compress_2to4(w[0]), ValueError, r"w must be 2-D \[N, K\], got shape \[32\]"),
         "K%16": (lambda: sparsity.compress_2to4(torch.randn(8, 20)), ValueError, r"multiple of 16 .*got 20"),
         "dtype": (
-            lambda: sparsity.compress_2to4(w.double()),
+            lambda: sparsity.compress_2to4(w.int()),
             TypeError,
-            r"float32, float16 or bfloat16, got torch.float64",
+            r"w must be float32, float16, bfloat16 or float64, got torch.int32",
         ),
         "mask-dtype": (lambda: sparsity.mask_2to4(w.int()), TypeError, r"scores must be float32"),
         "meta-shape": (

@@ -249,6 +249,9 @@ def test_compiles_without_graph_breaks(device):
     torch.testing.assert_close(compiled(x), expected)
 
 
+WIDTH_ERROR = r"x must be \[\.\.\., K\] with K = 2 \* values.shape\[1\] = 64, got \[4, 48\]"
+
+
 def _bad_calls():
     args = _problem((4,), 32, 64, 4, torch.float32, "cpu", double=True)
 
@@ -256,8 +259,8 @@ def _bad_calls():
         return lambda: perfkern.sparse24_linear(**{**args, **changes})
 
     return [
-        pytest.param(call(x=torch.randn(4, 60)), r"multiple of 16 .*got 60", id="K%16"),
-        pytest.param(call(x=torch.randn(4, 48)), r"values must be \[N, K/2\] = \[32, 24\], got \[32, 32\]", id="K"),
+        pytest.param(call(x=torch.randn(4, 60), values=args["values"][:, :30]), r"multiple of 16 .*got 60", id="K%16"),
+        pytest.param(call(x=torch.randn(4, 48)), WIDTH_ERROR, id="K"),
         pytest.param(call(meta=args["meta"][:, :2]), r"meta must be \[N, K/16\] = \[32, 4\], got \[32, 2\]", id="meta"),
         pytest.param(call(meta=args["meta"].int()), r"meta must be int16", id="meta-dtype"),
         pytest.param(call(values=args["values"].half()), r"values must have x's dtype", id="dtype"),
@@ -271,7 +274,8 @@ def _bad_calls():
             r"bwd_values must be \[K, N/2\] = \[64, 16\], got \[64, 8\]",
             id="bwd-shape",
         ),
-        pytest.param(call(x=torch.randn(4, 64).double()), r"x must be float32, float16 or bfloat16", id="x-dtype"),
+        pytest.param(call(x=torch.randn(4, 64).int()), r"x must be float32, .*, bfloat16 or float64", id="x-dtype"),
+        pytest.param(call(x=torch.randn(4, 64).double()), r"values must have x's dtype torch.float64", id="x-float64"),
     ]
 
 
@@ -407,7 +411,7 @@ def test_transposable_backward_is_exact(device):
 
 
 def test_module_rejects_bad_configuration():
-    with pytest.raises(ValueError, match="in_features must be a multiple of 16 .*got 60"):
+    with pytest.raises(ValueError, match="in_features must be a positive multiple of 16 .*got 60"):
         perfkern.SparseLoRALinear(60, 32)
     with pytest.raises(ValueError, match="backward='double' needs out_features % 16 == 0"):
         perfkern.SparseLoRALinear(64, 30)
@@ -464,3 +468,73 @@ def test_output_can_be_modified_in_place_and_frozen_weights_work(device):
     frozen = perfkern.SparseLoRALinear(64, 32, rank=4, lazy=False, train_sparse=False, device=device)
     frozen(x).sum().backward()
     assert frozen.values.grad is None and frozen.lora_a.grad is not None and int(frozen.updates) == 0
+
+
+@pytest.mark.parametrize(
+    "rank,alpha,expected_scale",
+    [pytest.param(4, 8.0, 2.0, id="r4-alpha8"), pytest.param(3, None, 1.0, id="r3-default"),
+     pytest.param(16, 4.0, 0.25, id="r16-alpha4")],
+)  # fmt: skip
+def test_lora_scale_is_alpha_over_rank(device, rank, alpha, expected_scale):
+    """s = alpha / r (PEFT's LoRA scaling; alpha defaults to r), pinned by numbers written here, not read from
+    the layer: the output and the merged weight must be Ws·x + b + s·B·A·x with that s."""
+    layer = perfkern.SparseLoRALinear.from_linear(_linear(device=device), rank=rank, alpha=alpha, lazy=False)
+    with torch.no_grad():
+        layer.lora_b.normal_()
+    assert layer.scale == expected_scale
+    x = torch.randn(5, 64, device=device)
+    w = ref.decompress_2to4(layer.values.detach(), layer.meta)
+    a, b = layer.lora_a.detach(), layer.lora_b.detach()
+    expected = x @ w.t() + layer.bias.detach() + expected_scale * (x @ a.t()) @ b.t()
+    torch.testing.assert_close(layer(x), expected)
+    torch.testing.assert_close(layer.merged_weight(), w + expected_scale * b @ a)
+
+
+def test_float64_gradcheck_of_the_registered_backward():
+    """The op's backward on the reference backend, in float64, against finite differences: every input with the
+    exact backward; with SLoPe's double-pruned copy dx is an approximation by design, so there every other input."""
+    args = _problem((2, 3), 16, 32, 3, torch.float64, "cpu", double=True)
+    meta, bwd_values, bwd_meta = args["meta"], args["bwd_values"], args["bwd_meta"]
+    leaves = [args[k].clone().requires_grad_(True) for k in ("x", "values", "bias", "lora_a", "lora_b")]
+    with perfkern.use_backend("reference"):
+        assert torch.autograd.gradcheck(
+            lambda x, v, b, a, bb: perfkern.sparse24_linear(x, v, meta, b, a, bb, 0.7), leaves, fast_mode=True
+        )
+        leaves[0].requires_grad_(False)
+        for copy in (bwd_values, None):
+            assert torch.autograd.gradcheck(
+                lambda x, v, b, a, bb, c=copy: perfkern.sparse24_linear(x, v, meta, b, a, bb, 0.7, c, bwd_meta),
+                leaves,
+                fast_mode=True,
+            )
+    assert perfkern.last_backend("sparse24_weight_grad") == "reference"
+
+
+def test_float64_layer(device):
+    layer = perfkern.SparseLoRALinear(64, 32, rank=4, alpha=8, lazy=False, backward="exact", dtype=torch.float64)
+    layer.to(device)
+    with torch.no_grad():
+        layer.lora_b.normal_()
+    x = torch.randn(3, 64, dtype=torch.float64, device=device, requires_grad=True)
+    w = ref.decompress_2to4(layer.values.detach(), layer.meta)
+    expected = x @ w.t() + layer.bias + 2.0 * (x @ layer.lora_a.t()) @ layer.lora_b.t()
+    torch.testing.assert_close(layer(x), expected, atol=1e-12, rtol=1e-12)
+    assert torch.autograd.gradcheck(layer, (x,), fast_mode=True)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 32)).double()
+    assert perfkern.sparsify(model, rank=2) == []
+    assert model(torch.randn(5, 32, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_module_arguments_get_clear_errors():
+    with pytest.raises(ValueError, match=r"in_features must be a positive multiple of 16 \(2:4 metadata\), got 0"):
+        perfkern.SparseLoRALinear(0, 32)
+    with pytest.raises(ValueError, match=r"out_features must be positive, got 0"):
+        perfkern.SparseLoRALinear(32, 0, backward="exact")
+    with pytest.raises(ValueError, match=r"rank must be >= 0 \(0: no adapter\), got -1"):
+        perfkern.SparseLoRALinear(32, 32, rank=-1)
+    layer = perfkern.SparseLoRALinear(64, 32)
+    with pytest.raises(ValueError, match=r"x must be \[\.\.\., in_features\] = \[\.\.\., 64\], got \[4, 48\]"):
+        layer(torch.randn(4, 48))
+    args = _problem((4,), 32, 64, 0, torch.float32, "cpu")
+    with pytest.raises(ValueError, match=WIDTH_ERROR):
+        perfkern.sparse24_linear(args["x"][:, :48], args["values"], args["meta"])

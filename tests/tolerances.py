@@ -28,20 +28,27 @@ def bits(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def assert_bits_equal(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    """Equal bit for bit (so -0.0 != +0.0 and poison is caught), except that any NaN matches any NaN."""
+def assert_bits_equal(actual: torch.Tensor, expected: torch.Tensor, exact_nan: bool = False) -> None:
+    """Equal bit for bit (so -0.0 != +0.0 and poison is caught), except that any NaN matches any NaN unless
+    ``exact_nan``: ops that only move data must keep every NaN's sign and payload too."""
     assert actual.shape == expected.shape, f"shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     assert actual.dtype == expected.dtype, f"dtype {actual.dtype} != {expected.dtype}"
     a, e = actual.cpu(), expected.cpu()
-    if a.dtype.is_floating_point:
+    if a.dtype.is_floating_point and not exact_nan:
         both_nan = torch.isnan(a) & torch.isnan(e)
         a = torch.where(both_nan, torch.zeros_like(a), a)
         e = torch.where(both_nan, torch.zeros_like(e), e)
     diff = (bits(a) != bits(e)).nonzero()
     assert diff.numel() == 0, (
         f"{diff.shape[0]} elements differ; first at {tuple(diff[0].tolist())}: "
-        f"{a[tuple(diff[0])].item()!r} vs {e[tuple(diff[0])].item()!r}"
+        f"{a[tuple(diff[0])].item()!r} vs {e[tuple(diff[0])].item()!r} "
+        f"(bits {_hex(bits(a)[tuple(diff[0])])} vs {_hex(bits(e)[tuple(diff[0])])})"
     )
+
+
+def _hex(bit_pattern: torch.Tensor) -> str:
+    width = 2 * bit_pattern.element_size()
+    return f"0x{int(bit_pattern) & ((1 << (4 * width)) - 1):0{width}x}"
 
 
 def assert_within_torch_error(actual: torch.Tensor, truth: torch.Tensor, torch_native: torch.Tensor, name: str = ""):

@@ -12,7 +12,8 @@ from perfkern.kernels._common import nonempty as nonempty
 from perfkern.kernels._common import rows_contiguous as rows_contiguous
 from perfkern.kernels._common import set_poison as set_poison
 
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# float64 runs on the reference backend only (perfkern._dispatch sends it there, and the kernels refuse it).
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 def shape_str(shape) -> str:
@@ -21,7 +22,7 @@ def shape_str(shape) -> str:
 
 def check_float(name: str, t: torch.Tensor) -> None:
     if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+        raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {t.dtype}")
 
 
 def check_2d(name: str, t: torch.Tensor, dims: str = "[N, K]") -> None:

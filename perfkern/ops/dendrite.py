@@ -90,12 +90,12 @@ def dendrite_stats(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     values, errors = values.contiguous(), errors.contiguous()
     layers, _, c, n = values.shape
-    device = values.device
-    v_mean = empty((layers, c, n), torch.float32, device)
-    e_mean = empty((layers, n), torch.float32, device)
-    cov = empty((layers, c, n), torch.float32, device)
-    v_var = empty((layers, c, n), torch.float32, device)
-    e_var = empty((layers, n), torch.float32, device)
+    device, acc = values.device, ref.acc_dtype(values)
+    v_mean = empty((layers, c, n), acc, device)
+    e_mean = empty((layers, n), acc, device)
+    cov = empty((layers, c, n), acc, device)
+    v_var = empty((layers, c, n), acc, device)
+    e_var = empty((layers, n), acc, device)
     _dispatch.run(STATS, device, values, errors, v_mean, e_mean, cov, v_var, e_var)
     return v_mean, e_mean, cov, v_var, e_var
 
@@ -103,8 +103,8 @@ def dendrite_stats(
 @dendrite_stats.register_fake
 def _(values, errors):
     layers, _, c, n = values.shape
-    per_candidate = values.new_empty((layers, c, n), dtype=torch.float32)
-    per_neuron = values.new_empty((layers, n), dtype=torch.float32)
+    per_candidate = values.new_empty((layers, c, n), dtype=ref.acc_dtype(values))
+    per_neuron = values.new_empty((layers, n), dtype=ref.acc_dtype(values))
     return (
         per_candidate,
         per_neuron,
@@ -147,8 +147,8 @@ def dendrite_correlation(
 @dendrite_correlation.register_fake
 def _(values, errors, mode):
     layers, _, c, n = values.shape
-    per_candidate = values.new_empty((layers, c, n), dtype=torch.float32)
-    per_neuron = values.new_empty((layers, n), dtype=torch.float32)
+    per_candidate = values.new_empty((layers, c, n), dtype=ref.acc_dtype(values))
+    per_neuron = values.new_empty((layers, n), dtype=ref.acc_dtype(values))
     return (
         per_candidate,
         torch.empty_like(per_candidate),

@@ -1,8 +1,8 @@
 """PERA ops ``perfkern::pera_*`` (DESIGN §3.4): schemas, fake kernels, autograd, per-backend implementations.
 
-The forward also returns Z = x·Âᵀ [M, r + |P|] (fp32, not differentiable): the backward takes it instead of
-reading x once more to rebuild it. The adapter's backward is an op of its own, so a backend can produce dx, dA,
-dB and dh together from the factors it generates on chip (dh is a reduction over K).
+The forward also returns Z = x·Âᵀ [M, r + |P|] (fp32, fp64 for fp64 inputs; not differentiable): the backward
+takes it instead of reading x once more to rebuild it. The adapter's backward is an op of its own, so a backend
+can produce dx, dA, dB and dh together from the factors it generates on chip (dh is a reduction over K).
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def pera_adapter(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     x2 = x.reshape(-1, x.shape[-1])
     out = empty((x2.shape[0], lora_b.shape[0]), x.dtype, x.device)
-    z = empty((x2.shape[0], lora_a.shape[0] + h.shape[0]), torch.float32, x.device)
+    z = empty((x2.shape[0], lora_a.shape[0] + h.shape[0]), ref.acc_dtype(x), x.device)
     _dispatch.run(ADAPTER, x.device, x2, lora_a, lora_b, h, scale, mode, out, z)
     return out.view(*x.shape[:-1], lora_b.shape[0]), z
 
@@ -125,7 +125,7 @@ def _(x, lora_a, lora_b, h, scale, mode):
     torch._check(x.shape[-1] == lora_a.shape[1])
     m = x.numel() // x.shape[-1]
     return x.new_empty((*x.shape[:-1], lora_b.shape[0])), x.new_empty(
-        (m, lora_a.shape[0] + h.shape[0]), dtype=torch.float32
+        (m, lora_a.shape[0] + h.shape[0]), dtype=ref.acc_dtype(x)
     )
 
 

@@ -224,16 +224,18 @@ gather_2to4.register_autograd(_gather_backward, setup_context=_save_meta_arg)
 
 
 def _ref_mm(x, values, meta, bias, lora_t, lora_b, scale, out):
-    y = x.float() @ ref.decompress_2to4(values, meta).float().t()
+    acc = ref.acc_dtype(x)
+    y = x.to(acc) @ ref.decompress_2to4(values, meta).to(acc).t()
     if bias is not None:
-        y = y + bias.float()
+        y = y + bias.to(acc)
     if lora_t is not None:
-        y = y + scale * (lora_t.float() @ lora_b.float().t())
+        y = y + scale * (lora_t.to(acc) @ lora_b.to(acc).t())
     out.copy_(y)
 
 
 def _ref_weight_grad(dy, x, meta, out_values):
-    out_values.copy_(ref.gather_2to4(dy.float().t() @ x.float(), meta))
+    acc = ref.acc_dtype(x)
+    out_values.copy_(ref.gather_2to4(dy.to(acc).t() @ x.to(acc), meta))
 
 
 def cuda_mm_unsupported(x: torch.Tensor) -> str | None:

@@ -25,7 +25,8 @@ import torch
 MODES = ("cc", "pearson")
 
 
-def _acc(t: torch.Tensor) -> torch.dtype:
+def acc_dtype(t: torch.Tensor) -> torch.dtype:
+    """fp32 statistics, fp64 for fp64 inputs."""
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
@@ -33,7 +34,7 @@ def stats(
     values: torch.Tensor, errors: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(v_mean [L, C, N], e_mean [L, N], cov [L, C, N], v_var [L, C, N], e_var [L, N]), population statistics."""
-    acc = _acc(values)
+    acc = acc_dtype(values)
     v, e = values.to(acc), errors.to(acc)
     p = v.shape[1]
     v_mean, e_mean = v.mean(1), e.mean(1)
@@ -85,7 +86,7 @@ def grad(
     beta: torch.Tensor | None,
 ) -> torch.Tensor:
     """α ⊙ (E − Ē) + β ⊙ (V − V̄), [L, P, C, N] in values' dtype."""
-    acc = _acc(values)
+    acc = acc_dtype(values)
     out = alpha.unsqueeze(1) * (errors.to(acc) - e_mean.unsqueeze(1)).unsqueeze(2)
     if beta is not None:
         out = out + beta.unsqueeze(1) * (values.to(acc) - v_mean.unsqueeze(1))

@@ -40,7 +40,8 @@ def num_pairs(r: int, mode: str) -> int:
     return {"full": r * (r + 1) // 2, "square": r, "cross": r * (r - 1) // 2}[mode]
 
 
-def _acc(t: torch.Tensor) -> torch.dtype:
+def acc_dtype(t: torch.Tensor) -> torch.dtype:
+    """fp32 accumulation, fp64 for fp64 inputs."""
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
@@ -48,7 +49,7 @@ def expand(
     lora_a: torch.Tensor, lora_b: torch.Tensor, h: torch.Tensor, mode: str = "full"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(Â [r + |P|, K], B̂ [N, r + |P|]) in the accumulation dtype."""
-    acc = _acc(lora_a)
+    acc = acc_dtype(lora_a)
     a, b, hf = lora_a.to(acc), lora_b.to(acc), h.to(acc)
     i, j = pairs(a.shape[0], mode, a.device)
     a_hat = torch.cat([a, hf.unsqueeze(1) * a[i] * a[j]], dim=0)
@@ -91,7 +92,7 @@ def pera_adapter_backward(
     With Z = x·Âᵀ and G_s = s·G: dB̂ = G_sᵀ·Z, dZ = G_s·B̂, dÂ = dZᵀ·x, dx = dZ·Â; then each pair p = (i, j)
     sends dB̂[:, r+p] ⊙ b_j to dB[:, i] and dB̂[:, r+p] ⊙ b_i to dB[:, j], h_p·dÂ[r+p] ⊙ a_j to dA[i] and
     h_p·dÂ[r+p] ⊙ a_i to dA[j] (twice to the same column when i = j), and dh_p = Σ_k dÂ[r+p, k]·a_i[k]·a_j[k]."""
-    acc = _acc(x)
+    acc = acc_dtype(x)
     r, k = lora_a.shape
     a, b, hf = lora_a.to(acc), lora_b.to(acc), h.to(acc)
     i, j = pairs(r, mode, a.device)

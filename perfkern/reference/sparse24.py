@@ -51,15 +51,34 @@ def _unpack(meta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return nibbles & 3, (nibbles >> 2) & 3
 
 
+def _planes(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The four positions of every group of 4 along K, as [N, K/4] views."""
+    return t.view(t.shape[0], t.shape[1] // 4, 4).unbind(-1)
+
+
+def _at(p, idx0: torch.Tensor, idx1: torch.Tensor, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
+    """Position p of each group given its two kept entries: v1 if p is the second index, else v0 if p is the first
+    index, else +0.0 (so malformed metadata decodes deterministically: the second index wins)."""
+    return torch.where(idx1 == p, v1, torch.where(idx0 == p, v0, torch.zeros((), dtype=v0.dtype, device=v0.device)))
+
+
+# Values move by selection (torch.where), never through gather/scatter or a float conversion: those rewrite NaN
+# payloads on some devices and dtypes (bf16 0x7FC0 became 0xFFFF through torch.gather on the CPU), and the
+# format ops are data movement, bit-exact on every backend for every value.
+
+
 def compress_2to4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(values [N, K/2], meta [N, K/16] int16) keeping the 2 largest |w| of each group of 4."""
     n, k = w.shape
     keep0, keep1, keep2, keep3 = _kept(w)
+    w0, w1, w2, w3 = _planes(w)
     ones, twos = torch.ones_like(keep0, dtype=torch.int32), torch.full_like(keep0, 2, dtype=torch.int32)
     idx0 = torch.where(keep0, 0, torch.where(keep1, ones, twos))
     idx1 = torch.where(keep3, 3, torch.where(keep2, twos, ones))
-    picked = torch.gather(w.view(n, k // 4, 4), -1, torch.stack((idx0, idx1), -1).long())
-    values = torch.where(picked == 0, torch.zeros((), dtype=w.dtype, device=w.device), picked)
+    zero = torch.zeros((), dtype=w.dtype, device=w.device)
+    v0 = torch.where(keep0, w0, torch.where(keep1, w1, w2))
+    v1 = torch.where(keep3, w3, torch.where(keep2, w2, w1))
+    values = torch.stack((torch.where(v0 == 0, zero, v0), torch.where(v1 == 0, zero, v1)), -1)
     return values.view(n, k // 2), _pack(idx0, idx1)
 
 
@@ -68,20 +87,58 @@ def decompress_2to4(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
     index, else the first value if p is the first index, else +0.0."""
     n, half = values.shape
     idx0, idx1 = _unpack(meta)
-    v = values.view(n, half // 2, 2)
-    dense = torch.zeros(n, half // 2, 4, dtype=values.dtype, device=values.device)
-    # Two scatters in this order: where both indices name one position, the second value is the one left.
-    dense.scatter_(-1, idx0.unsqueeze(-1).long(), v[..., :1])
-    dense.scatter_(-1, idx1.unsqueeze(-1).long(), v[..., 1:])
-    return dense.view(n, 2 * half)
+    v0, v1 = values.view(n, half // 2, 2).unbind(-1)
+    return torch.stack([_at(p, idx0, idx1, v0, v1) for p in range(4)], -1).view(n, 2 * half)
 
 
 def gather_2to4(dense: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
     """values [N, K/2]: the entries of ``dense`` at the positions ``meta`` names (the adjoint of decompress)."""
     n, k = dense.shape
     idx0, idx1 = _unpack(meta)
-    picked = torch.gather(dense.view(n, k // 4, 4), -1, torch.stack((idx0, idx1), -1).long())
-    return picked.view(n, k // 2)
+    d0, d1, d2, d3 = _planes(dense)
+
+    def pick(idx: torch.Tensor) -> torch.Tensor:
+        return torch.where(idx == 0, d0, torch.where(idx == 1, d1, torch.where(idx == 2, d2, d3)))
+
+    return torch.stack((pick(idx0), pick(idx1)), -1).view(n, k // 2)
+
+
+# Which two positions a group names, by the set of its non-zero positions (a 4-bit mask). Two non-zeros: those two,
+# in order, under every rule. Fewer: the canonical rule (ties to the lower index) and torch's CUTLASS converter
+# (``sparse_semi_structured_from_dense_cutlass``, whose choices come from a minimised Boolean formula) differ.
+CANONICAL_PAIRS = {0b0000: (0, 1), 0b0001: (0, 1), 0b0010: (0, 1), 0b0100: (0, 2), 0b1000: (0, 3)}
+TORCH_CUTLASS_PAIRS = {0b0000: (2, 3), 0b0001: (0, 2), 0b0010: (1, 2), 0b0100: (2, 3), 0b1000: (2, 3)}
+
+
+def _pair_nibbles(under_full: dict[int, tuple[int, int]], device: torch.device) -> torch.Tensor:
+    """int32 [16]: the metadata nibble for each set of non-zero positions (sets of three or four never occur)."""
+    table = [0b0100] * 16
+    for i in range(4):
+        for j in range(i + 1, 4):
+            table[(1 << i) | (1 << j)] = i | (j << 2)
+    for occupied, (i, j) in under_full.items():
+        table[occupied] = i | (j << 2)
+    return torch.tensor(table, dtype=torch.int32, device=device)
+
+
+def repick_2to4(
+    values: torch.Tensor, meta: torch.Tensor, under_full: dict[int, tuple[int, int]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 2:4 pair (values, meta) re-encoded so that each group names the positions ``under_full`` gives for its
+    set of non-zero positions, zeros stored as +0.0. The matrix it decodes to is unchanged: the groups are read
+    as ``decompress_2to4`` reads them (malformed metadata included, the second index winning), so the result
+    is the rule's encoding of ``decompress_2to4(values, meta)``. Element-wise tensor ops, on any device."""
+    n, half = values.shape
+    idx0, idx1 = _unpack(meta)
+    v0, v1 = values.view(n, half // 2, 2).unbind(-1)
+    none = torch.zeros_like(idx0)
+    occupied = torch.where(v1 != 0, 1 << idx1, none) | torch.where((v0 != 0) & (idx0 != idx1), 1 << idx0, none)
+    nibble = _pair_nibbles(under_full, values.device)[occupied.long()]
+    new0, new1 = nibble & 3, nibble >> 2
+    zero = torch.zeros((), dtype=values.dtype, device=values.device)
+    picked = [_at(p, idx0, idx1, v0, v1) for p in (new0, new1)]
+    picked = [torch.where(v == 0, zero, v) for v in picked]
+    return torch.stack(picked, -1).view(n, half), _pack(new0, new1)
 
 
 def cutlass_meta_offsets(rows: int, meta_cols: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -158,7 +215,7 @@ def sparse24_linear(
 ) -> torch.Tensor:
     """y = x·Wsᵀ + b + s·(x·Aᵀ)·Bᵀ in fp32 (fp64 for fp64 inputs), cast to x's dtype.
     x [..., K], Ws [N, K], A [r, K], B [N, r]."""
-    acc = _acc_dtype(x)
+    acc = acc_dtype(x)
     xf = x.to(acc)
     y = xf @ decompress_2to4(values, meta).to(acc).t()
     if bias is not None:
@@ -168,7 +225,8 @@ def sparse24_linear(
     return y.to(x.dtype)
 
 
-def _acc_dtype(x: torch.Tensor) -> torch.dtype:
+def acc_dtype(x: torch.Tensor) -> torch.dtype:
+    """fp32 accumulation, fp64 for fp64 inputs."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
@@ -189,7 +247,7 @@ def sparse24_linear_backward(
     (``bwd_values``/``bwd_meta`` = compress_2to4(Wbwdᵀ), [K, N] 2:4 along N; without ``bwd_values`` the copy is
     Wsᵀ gathered onto ``bwd_meta``); dvalues = gather(dyᵀ·x, meta) (only the kept
     entries); db = Σ dy; dA = s·(dy·B)ᵀ·x; dB = s·dyᵀ·(x·Aᵀ)."""
-    acc = _acc_dtype(x)
+    acc = acc_dtype(x)
     k = x.shape[-1]
     dy = grad.reshape(-1, grad.shape[-1]).to(acc)
     xf = x.reshape(-1, k).to(acc)
