@@ -53,8 +53,9 @@ def test_main_reports_versions_and_backends():
 def test_info_says_pure_python_without_the_core(monkeypatch, capsys):
     from perfkern import __main__ as cli
 
-    monkeypatch.setattr(_ext, "_load", lambda: (None, "No module named 'perfkern._C'"))
-    cli.info()
+    monkeypatch.delenv("PERFKERN_EMULATE", raising=False)
+    monkeypatch.setattr(_ext, "_load_module", lambda source: (None, "No module named 'perfkern._C'"))
+    cli.info([])
     out = capsys.readouterr().out
     assert "perfkern._C: not built: a pure-Python install (the triton and reference backends run)" in out
     assert "backends available on cpu: reference" in out or "backends available on cpu: triton, reference" in out

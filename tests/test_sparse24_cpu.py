@@ -10,6 +10,7 @@ from tolerances import assert_bits_equal, assert_within_torch_error
 import perfkern
 from perfkern import _autotune, _dispatch, _ext
 from perfkern.ops import sparse24 as ops
+from perfkern.ops._common import launch_cpu
 from perfkern.reference import sparse24 as ref
 
 pytestmark = pytest.mark.skipif(_ext.cpu_unavailable_reason() is not None, reason="perfkern._C is not built")
@@ -76,9 +77,9 @@ def _torch_native(x, values, meta, bias, t, lora_b, scale):
 
 def _launch_dense(x, w, bias, t, lora_b, scale, out, isa, threads):
     has_lora = t is not None
-    _ext.require_cpu().dense_mm_cpu(
-        x=x.data_ptr(), w=w.data_ptr(), bias=ops._ptr(bias), lora_t=ops._ptr(t), lora_b=ops._ptr(lora_b),
-        out=out.data_ptr(), m=x.shape[0], n=w.shape[0], k=x.shape[1], r=t.shape[1] if has_lora else 0, scale=scale,
+    launch_cpu(
+        "dense_mm_cpu", x=x, w=w, bias=bias, lora_t=t, lora_b=lora_b,
+        out=out, m=x.shape[0], n=w.shape[0], k=x.shape[1], r=t.shape[1] if has_lora else 0, scale=scale,
         x_row_stride=x.stride(0), w_row_stride=w.stride(0), bias_stride=bias.stride(0) if bias is not None else 0,
         t_stride0=t.stride(0) if has_lora else 0, t_stride1=t.stride(1) if has_lora else 0,
         b_stride0=lora_b.stride(0) if has_lora else 0, b_stride1=lora_b.stride(1) if has_lora else 0,
