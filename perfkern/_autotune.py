@@ -108,10 +108,20 @@ def autotune_report() -> dict[TuneKey, Decision]:
     return dict(_decisions)
 
 
+_generation = 0
+
+
+def generation() -> int:
+    """Changes whenever choices are forgotten (``reset``), so that what a caller derived from them is too."""
+    return _generation
+
+
 def reset() -> None:
     """Forget every choice and every table read, so the next call of each shape chooses again."""
+    global _generation
     _decisions.clear()
     _tables.clear()
+    _generation += 1
 
 
 def autotune_enabled() -> bool:
@@ -235,6 +245,20 @@ def choose(op: str, tuning: Tuning, device: torch.device, args: Sequence, candid
     """The backend to run this call of ``op`` on, for ``device`` (CUDA or CPU), among ``candidates`` (backend name ->
     implementation, in the op's preference order, ``"dense"`` last where the op has it; the first is the static
     choice); measured on first use per key."""
+    return choose_final(op, tuning, device, args, candidates)[0]
+
+
+def choose_final(
+    op: str, tuning: Tuning, device: torch.device, args: Sequence, candidates: dict[str, Callable]
+) -> tuple[str, bool]:
+    """``choose``, and whether the choice is this process's decision for the key (it then stands until ``reset``;
+    a stand-in, e.g. under tracing, is not final)."""
+    backend = _choose(op, tuning, device, args, candidates)
+    key = tune_key(op, tuning, device, args)
+    return backend, key is not None and key in _decisions
+
+
+def _choose(op: str, tuning: Tuning, device: torch.device, args: Sequence, candidates: dict[str, Callable]) -> str:
     enabled = autotune_enabled()
     key = tune_key(op, tuning, device, args)
     if key is not None and key in _decisions:

@@ -196,6 +196,12 @@ class OpImpls:
 def select(impls: OpImpls, device: torch.device, args: tuple = ()) -> str:
     """The backend that runs ``impls`` with ``args`` on ``device`` now; raises if an explicitly requested one
     cannot."""
+    return _select(impls, device, args)[0]
+
+
+def _select(impls: OpImpls, device: torch.device, args: tuple) -> tuple[str, bool]:
+    """``select``, and whether the same call would select the same backend until the settings change (a measured
+    choice is; a stand-in for a measurement is not)."""
     requested = requested_backend()
     # Read on every call, wherever the op runs, so that a bad value is an error rather than silently ignored.
     _autotune.autotune_enabled()
@@ -205,9 +211,9 @@ def select(impls: OpImpls, device: torch.device, args: tuple = ()) -> str:
         reason = unavailable_reason(requested, device) or _dtype_reason(requested, args)
         if reason is not None:
             raise BackendUnavailableError(f"perfkern::{impls.name}: backend {requested!r} is unavailable: {reason}")
-        return requested
+        return requested, True
     if _has_float64(args):
-        return "reference"
+        return "reference", True
     if device.type == "cpu" and not triton_interpret():
         order = _CPU_AUTO
     else:
@@ -219,20 +225,52 @@ def select(impls: OpImpls, device: torch.device, args: tuple = ()) -> str:
     ]  # fmt: skip
     if impls.tuning is not None and (device.type == "cuda" or order is _CPU_AUTO):
         names = [*available, "dense"] if impls.has("dense") else available
-        return _autotune.choose(impls.name, impls.tuning, device, args, {b: impls.get(b) for b in names})
-    return available[0] if available else "reference"
+        return _autotune.choose_final(impls.name, impls.tuning, device, args, {b: impls.get(b) for b in names})
+    return (available[0] if available else "reference"), True
 
 
 def run(impls: OpImpls, device: torch.device, *args):
     """Call the selected implementation of ``impls`` with ``args`` and record which backend ran."""
     # Every implementation sets its own precision (fp32 accumulation); an enclosing autocast must not recast
     # the PyTorch ops inside it, the backward's included, nor those that tuning times.
-    with torch.autocast(device.type, enabled=False):
-        backend = select(impls, device, args)
-        if _log.isEnabledFor(logging.DEBUG):
-            _log.debug("perfkern::%s ran on %s (requested %s)", impls.name, backend, requested_backend())
-        result = impls.get(backend)(*args)
-        # Recorded after the call: an implementation may run other perfkern ops, and this op ran last.
-        _last[impls.name] = backend
-        _last["*"] = backend
-        return result
+    if torch.is_autocast_enabled(device.type):
+        with torch.autocast(device.type, enabled=False):
+            return _run(impls, device, args)
+    return _run(impls, device, args)
+
+
+# Backends chosen by run_planned, per (op, the caller's plan key, the settings that steer the choice).
+_plans: dict[tuple, str] = {}
+_STEERING = ("TRITON_INTERPRET", "PERFKERN_AUTOTUNE", "PERFKERN_TUNE_CACHE", "PERFKERN_EMULATE")
+
+
+def run_planned(impls: OpImpls, device: torch.device, plan: tuple, *args):
+    """``run``, remembering the backend chosen for ``plan``: a key the caller derives cheaply from the call that
+    determines everything the choice depends on (for a tuned op: what its ``Tuning.shape`` reports, the device).
+    Repeated calls then skip the availability checks and the tuning key: at decode sizes that work costs more than
+    the product. Only final choices are remembered; any change of backend request or steering variable, or an
+    ``autotune`` reset, makes a new plan."""
+    key = (impls.name, plan, requested_backend(), _autotune.generation(), *(os.environ.get(v) for v in _STEERING))
+    backend = _plans.get(key)
+    if backend is None:
+        backend, final = _select(impls, device, args)
+        if final:
+            _plans[key] = backend
+    if torch.is_autocast_enabled(device.type):
+        with torch.autocast(device.type, enabled=False):
+            return _call(impls, backend, args)
+    return _call(impls, backend, args)
+
+
+def _run(impls: OpImpls, device: torch.device, args: tuple):
+    return _call(impls, select(impls, device, args), args)
+
+
+def _call(impls: OpImpls, backend: str, args: tuple):
+    if _log.isEnabledFor(logging.DEBUG):
+        _log.debug("perfkern::%s ran on %s (requested %s)", impls.name, backend, requested_backend())
+    result = impls.get(backend)(*args)
+    # Recorded after the call: an implementation may run other perfkern ops, and this op ran last.
+    _last[impls.name] = backend
+    _last["*"] = backend
+    return result

@@ -109,6 +109,8 @@ def sparse24_linear(
     if len(devices) > 1:
         listed = ", ".join(f"{name} on {t.device}" for name, t in tensors.items())
         raise ValueError(f"tensors must be on one device, got {listed}")
+    if _ops.bypasses_dispatcher(x, values, meta, bias, lora_a, lora_b):
+        return _ops.linear_forward(x, values, meta, bias, lora_a, lora_b, float(scale))
     return _ops.sparse24_linear(x, values, meta, bias, lora_a, lora_b, float(scale), bwd_values, bwd_meta)
 
 

@@ -91,7 +91,7 @@ def test_backend_names_follow_one_rule(monkeypatch):
         monkeypatch.setenv("PERFKERN_BACKEND", spelling)
         assert _dispatch.requested_backend() == from_block == spelling.strip().lower()
         monkeypatch.delenv("PERFKERN_BACKEND")
-    listed = "one of auto, cuda, triton, reference, got 'gpu'"
+    listed = "one of auto, cuda, triton, cpu, reference, got 'gpu'"
     with pytest.raises(ValueError, match=f"use_backend\\(name\\) must be {listed}"):
         perfkern.use_backend("gpu").__enter__()
     monkeypatch.setenv("PERFKERN_BACKEND", "gpu")
@@ -143,6 +143,61 @@ def test_info_reports_a_bad_variable_without_a_traceback(monkeypatch, capsys):
     monkeypatch.setenv("PERFKERN_AUTOTUNE", "maybe")
     assert main(["info"]) == 2
     out = capsys.readouterr().out
-    assert "PERFKERN_BACKEND must be one of auto, cuda, triton, reference, got 'fastest'" in out
+    assert "PERFKERN_BACKEND must be one of auto, cuda, triton, cpu, reference, got 'fastest'" in out
     assert "PERFKERN_AUTOTUNE must be 0 or 1, got 'maybe'" in out
     assert main([]) == 2, "the demo must not start with a bad configuration"
+
+
+def test_inference_skips_the_dispatcher_and_matches_the_op():
+    """Without autograd work the layer's product runs ``linear_forward`` directly (no custom-op dispatch); the result
+    is the op's, bit for bit, and what ran is recorded as usual."""
+    from perfkern.ops import sparse24 as ops
+
+    layer = perfkern.SparseLoRALinear(64, 32, rank=4, lazy=False)
+    with torch.no_grad():
+        layer.lora_b.normal_()
+    x = torch.randn(3, 5, 64)
+    args = (x, layer.values, layer.meta, layer.bias, layer.lora_a, layer.lora_b)
+    with torch.no_grad():
+        assert ops.bypasses_dispatcher(*args)
+        direct = layer(x)
+    assert not ops.bypasses_dispatcher(*args), "a parameter that requires grad needs the autograd op"
+    via_op = layer(x)
+    assert via_op.grad_fn is not None
+    torch.testing.assert_close(direct, via_op.detach(), rtol=0, atol=0)
+    assert perfkern.last_backend("sparse24_mm") is not None
+
+
+def test_planned_choice_follows_the_requested_backend():
+    from perfkern.ops import sparse24 as ops
+
+    layer = perfkern.SparseLoRALinear(64, 32, rank=0, adapter=None)
+    x = torch.randn(2, 64)
+    with torch.no_grad():
+        for name in ("reference", "cpu", "reference"):
+            if _dispatch.unavailable_reason(name, x.device) is not None:
+                continue
+            with perfkern.use_backend(name):
+                layer(x)
+                layer(x)
+            assert perfkern.last_backend("sparse24_mm") == name
+    # A choice that is not final (a stand-in for a measurement) is not remembered.
+    calls = []
+
+    def stand_in(impls, device, args):
+        calls.append(1)
+        return "reference", False
+
+    original = _dispatch._select
+    _dispatch._select = stand_in
+    try:
+        for _ in range(2):
+            _dispatch.run_planned(ops.MM, x.device, ("not final",), *_mm_args(layer, x))
+    finally:
+        _dispatch._select = original
+    assert len(calls) == 2
+
+
+def _mm_args(layer, x):
+    out = torch.empty(x.shape[0], layer.out_features)
+    return x, layer.values.detach(), layer.meta, layer.bias.detach(), None, None, 1.0, out

@@ -56,10 +56,11 @@ def launch_core(name: str, device: torch.device, **fields) -> None:
     getattr(_ext.require(), name)(stream=_ext.stream_of(device), device=_ext.device_index(device), **_pointers(fields))
 
 
-def launch_cpu(name: str, **fields) -> None:
-    """Run the CPU launcher ``name`` of ``perfkern._C`` on torch's thread count; tensors are passed as pointers,
-    None as NULL."""
-    getattr(_ext.require_cpu(), name)(num_threads=torch.get_num_threads(), **_pointers(fields))
+def launch_cpu(name: str, num_threads: int | None = None, **fields) -> None:
+    """Run the CPU launcher ``name`` of ``perfkern._C`` on ``num_threads`` (default: torch's thread count); tensors
+    are passed as pointers, None as NULL."""
+    threads = torch.get_num_threads() if num_threads is None else num_threads
+    getattr(_ext.require_cpu(), name)(num_threads=threads, **_pointers(fields))
 
 
 def core_workspace(query: str, device: torch.device, **fields) -> torch.Tensor:

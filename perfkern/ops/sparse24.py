@@ -345,7 +345,7 @@ def _dense_weight(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
     entry holds the meta it was built from, so no other meta can take that address while it lives. Inference
     tensors keep no version counter: their weight is decompressed at every call."""
     key = _weight_key(values, meta)
-    if key is None or not weight_is_steady(values, meta):
+    if key is None or getattr(values.untyped_storage(), "_perfkern_seen", None) != key:
         # A weight that changed since the previous call will likely change again: decompress, keep nothing (and
         # the timing of this candidate pays the decompression, as every call will).
         return decompress_2to4(values, meta)
@@ -462,12 +462,44 @@ def sparse24_linear(
     bwd_values: torch.Tensor | None,
     bwd_meta: torch.Tensor | None,
 ) -> torch.Tensor:
+    return linear_forward(x, values, meta, bias, lora_a, lora_b, scale)
+
+
+def bypasses_dispatcher(*tensors: torch.Tensor | None) -> bool:
+    """Whether a call may run ``linear_forward`` directly instead of the custom op: eager (not traced), plain
+    tensors on a CPU or CUDA device, and nothing that autograd must record. The op's own machinery (dispatcher,
+    autograd wrapper) then adds nothing but time, which at decode sizes outweighs the product itself."""
+    if torch.compiler.is_compiling():
+        return False
+    grad = torch.is_grad_enabled()
+    for t in tensors:
+        if t is not None and (
+            type(t) not in _PLAIN or t.device.type not in ("cpu", "cuda") or (grad and t.requires_grad)
+        ):
+            return False
+    return True
+
+
+# Tensor subclasses (FakeTensor, DTensor, ...) need the dispatcher; parameters are plain tensors.
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def linear_forward(x, values, meta, bias, lora_a, lora_b, scale) -> torch.Tensor:
+    """The forward of ``perfkern::sparse24_linear`` (the backward copy only matters to its backward)."""
     x2 = rows_contiguous(x.reshape(-1, x.shape[-1]))
     lora_t = None if lora_a is None else x2 @ lora_a.t()
     # Written through a 2-D view of an output that is not itself a view, so callers may modify it in place.
     out = empty((*x.shape[:-1], values.shape[0]), x.dtype, x.device)
-    _dispatch.run(MM, x.device, x2, values, meta, bias, lora_t, lora_b, scale, out.view(-1, values.shape[0]))
-    mark_weight_seen(values, meta)
+    weight = _weight_key(values, meta)
+    steady = weight is not None and getattr(values.untyped_storage(), "_perfkern_seen", None) == weight
+    # Everything _mm_shape reports, exactly: the choice for this plan is the choice for the call.
+    plan = (x.device, x.dtype, x2.shape[0], *values.shape, 0 if lora_t is None else lora_t.shape[1], bias is None,
+            steady)  # fmt: skip
+    _dispatch.run_planned(
+        MM, x.device, plan, x2, values, meta, bias, lora_t, lora_b, scale, out.view(-1, values.shape[0])
+    )
+    if weight is not None:
+        values.untyped_storage()._perfkern_seen = weight
     return out
 
 
