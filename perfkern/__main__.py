@@ -106,10 +106,17 @@ def format_demo() -> None:
     for name in perfkern.available_backends(device):
         if name == "triton" and device.type == "cpu":
             continue  # the interpreter is for testing, not timing
-        with perfkern.use_backend(name):
-            t_c = _time_ms(lambda: sparsity.compress_2to4(pruned, strict=False), device)
-            t_d = _time_ms(lambda: sparsity.decompress_2to4(values, meta), device)
-        print(f"  {name:<10} {t_c:>12.3f} {t_d:>14.3f}")
+        times = []
+        for op, call in (
+            ("compress_2to4", lambda: sparsity.compress_2to4(pruned, strict=False)),
+            ("decompress_2to4", lambda: sparsity.decompress_2to4(values, meta)),
+        ):
+            if not _dispatch.implements(op, name):
+                times.append("-")  # e.g. the cpu backend, which covers the sparse product only
+                continue
+            with perfkern.use_backend(name):
+                times.append(f"{_time_ms(call, device):.3f}")
+        print(f"  {name:<10} {times[0]:>12} {times[1]:>14}")
 
 
 COMMANDS = {

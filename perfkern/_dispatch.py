@@ -142,6 +142,16 @@ def last_backend(op: str | None = None) -> str | None:
     return _last.get(op if op is not None else "*")
 
 
+def implements(op: str, backend: str) -> bool:
+    """Whether ``backend`` has an implementation of ``op`` (one of ``op_names()``); whether it can run here is
+    ``unavailable_reason``."""
+    if op not in _ops:
+        raise ValueError(f"op must be one of {', '.join(map(repr, _ops))}, got {op!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    return _ops[op].has(backend)
+
+
 def _has_float64(args: tuple) -> bool:
     return any(isinstance(arg, torch.Tensor) and arg.dtype == torch.float64 for arg in args)
 

@@ -110,3 +110,19 @@ def test_format_checks_the_sparse_product_against_torch_dense(capsys):
     line = next(line for line in out.splitlines() if "sparse24_linear" in line)
     assert "vs torch dense x @ Wsᵀ" in line and "within" in line
     assert os.environ.get("TRITON_INTERPRET") != "1" or "triton" not in out.split("backend", 1)[-1]
+    rows = {row.split()[0]: row.split()[1:] for row in out.split("decompress ms", 1)[1].strip().splitlines()}
+    for backend, (compress_ms, decompress_ms) in rows.items():
+        for op, cell in (("compress_2to4", compress_ms), ("decompress_2to4", decompress_ms)):
+            # A backend without the op (cpu: the product only) shows a dash, every other one a time.
+            assert (cell == "-") == (not perfkern._dispatch.implements(op, backend)), (backend, op, cell)
+            assert cell == "-" or float(cell) > 0
+
+
+def test_implements_names_the_backends_of_each_op():
+    assert perfkern._dispatch.implements("sparse24_mm", "cpu")
+    assert not perfkern._dispatch.implements("compress_2to4", "cpu")
+    assert perfkern._dispatch.implements("compress_2to4", "reference")
+    with pytest.raises(ValueError, match="backend must be one of .*got 'auto'"):
+        perfkern._dispatch.implements("compress_2to4", "auto")
+    with pytest.raises(ValueError, match="op must be one of .*got 'nope'"):
+        perfkern._dispatch.implements("nope", "cpu")
