@@ -94,6 +94,8 @@ def format_demo() -> None:
     print(f"\n2:4 demo on {device.type}, W [{n}, {k}] {str(dtype).removeprefix('torch.')}, x [{m}, {k}]")
     kept = int((pruned != 0).sum()) / w.numel()
     print(f"  kept {kept:.1%} of W; compressed bytes {packed_bytes / dense_bytes:.4f} of dense")
+    bwd_kept = int(sparsity.double_mask_2to4(w)[1].sum()) / w.numel()
+    print(f"  SLoPe's double-pruned backward copy keeps {bwd_kept:.1%} of W")
     print(f"  decompress(compress(W)) == W: {torch.equal(restored, pruned)}  (compress ran on {backend})")
     y_sparse = x @ restored.t()
     y_dense = x @ pruned.t()
