@@ -40,6 +40,7 @@ import triton
 import triton.language as tl
 
 from ._common import nonempty, rows_contiguous
+from ._rounding import interpreting, round_to
 
 
 @triton.jit
@@ -290,6 +291,7 @@ def _dendrite_grad_bwd_kernel(
     stride_op,
     stride_oc,
     HAS_BETA: tl.constexpr,
+    INTERPRET: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -321,7 +323,8 @@ def _dendrite_grad_bwd_kernel(
         if HAS_BETA:
             v = tl.load(v_row[None, :, :] + rp[:, None, None] * stride_vp, mask=tile_in, other=0.0).to(tl.float32)
             out += beta[None, :, :] * (v - v_mean[None, :, :])
-        tl.store(o_row[None, :, :] + rp[:, None, None] * stride_op, out.to(out_ptr.dtype.element_ty), mask=tile_in)
+        out = round_to(out, out_ptr.dtype.element_ty, INTERPRET)
+        tl.store(o_row[None, :, :] + rp[:, None, None] * stride_op, out, mask=tile_in)
 
 
 # V elements per chunk of a program: 32 a thread at 4 warps; 8 KiB of 16-bit data, two chunks in flight.
@@ -356,15 +359,16 @@ def _blocks(layers: int, p: int, c: int, n: int, dtype: torch.dtype, device: tor
     BLOCK_C takes all candidates up to 8, so E is loaded once for them. BLOCK_N spans at least 256 bytes of a row
     (coalesced loads), and BLOCK_C x BLOCK_N at least one 16-byte load for every thread, so that a thread holds
     whole columns of a chunk and the reductions over P stay in its registers. BLOCK_P fills a chunk of _TILE
-    elements. P is split until layers x neuron tiles x candidate tiles x splits reaches _PROGRAMS_PER_SM per SM,
-    each split at least _MIN_CHUNKS_PER_SPLIT chunks long; rows_per_split is a multiple of BLOCK_P, and no split
-    is empty.
+    elements. Tiles are not shrunk to small problems (masks cover the overhang): one variant per BLOCK_C and
+    dtype, each compiled and checked by tests/test_kernel_compile.py. P is split until layers x neuron tiles x
+    candidate tiles x splits reaches _PROGRAMS_PER_SM per SM, each split at least _MIN_CHUNKS_PER_SPLIT chunks
+    long; rows_per_split is a multiple of BLOCK_P, and no split is empty.
     """
     warps = 4
     block_c = min(8, triton.next_power_of_2(max(c, 1)))
     per_load = 16 // dtype.itemsize
-    block_n = min(max(16, triton.next_power_of_2(n)), max(256 // dtype.itemsize, 32 * warps * per_load // block_c))
-    block_p = min(max(1, _TILE // (block_c * block_n)), triton.next_power_of_2(max(p, 1)))
+    block_n = max(256 // dtype.itemsize, 32 * warps * per_load // block_c)
+    block_p = max(1, _TILE // (block_c * block_n))
     programs = layers * triton.cdiv(n, block_n) * triton.cdiv(max(c, 1), block_c)
     chunks = triton.cdiv(p, block_p)
     wanted = triton.cdiv(_PROGRAMS_PER_SM * _sm_count(device), max(programs, 1))
@@ -481,6 +485,7 @@ def grad(
         values, errors, v_mean, e_mean, alpha, beta_arg, out, p, c, n, blocks.rows_per_split,
         values.stride(0), values.stride(1), values.stride(2), errors.stride(0), errors.stride(1),
         out.stride(0), out.stride(1), out.stride(2),
-        HAS_BETA=has_beta, BLOCK_P=blocks.block_p, BLOCK_C=blocks.block_c, BLOCK_N=blocks.block_n,
+        HAS_BETA=has_beta, INTERPRET=interpreting(),
+        BLOCK_P=blocks.block_p, BLOCK_C=blocks.block_c, BLOCK_N=blocks.block_n,
         num_warps=blocks.warps,
     )  # fmt: skip

@@ -30,13 +30,13 @@ across programs into fp32 partials that torch sums in a fixed order (determinist
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
 
 from ._common import nonempty, rows_contiguous
+from ._rounding import dot_operand, interpreting, round_to
 
 
 @triton.jit
@@ -105,6 +105,7 @@ def _pera_z_fwd_kernel(
     stride_a,
     stride_zm,
     DOT: tl.constexpr,
+    INTERPRET: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_P: tl.constexpr,
@@ -121,14 +122,15 @@ def _pera_z_fwd_kernel(
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K).to(tl.int64)  # [BK]
         mask = m_in[:, None] & (rk < K)[None, :]
-        xs = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=mask, other=0.0).to(DOT)  # [BM, BK]
+        xs = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=mask, other=0.0)  # [BM, BK]
         a_i, a_j = _pera_a_factors(a_ptr, ii, jj, q_in, pair, rk, K, stride_a)  # [BP, BK]
-        acc = tl.dot(xs, tl.trans((a_i * a_j).to(DOT)), acc, input_precision="ieee")
+        a_hat = dot_operand(a_i * a_j, DOT, INTERPRET)
+        acc = tl.dot(dot_operand(xs, DOT, INTERPRET), tl.trans(a_hat), acc, input_precision="ieee")
     # h_p scales a whole column of Z, so it is applied once here rather than to every generated element.
     acc = acc * _pera_coef(h_ptr, q, pair, R)[None, :]
     tl.store(
         z_ptr + rm[:, None] * stride_zm + q[None, :],
-        acc.to(z_ptr.dtype.element_ty),
+        round_to(acc, z_ptr.dtype.element_ty, INTERPRET),
         mask=m_in[:, None] & q_in[None, :],
     )
 
@@ -148,6 +150,7 @@ def _pera_out_fwd_kernel(
     stride_b,
     stride_om,
     DOT: tl.constexpr,
+    INTERPRET: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_P: tl.constexpr,
@@ -162,12 +165,12 @@ def _pera_out_fwd_kernel(
     for p0 in range(0, RH, BLOCK_P):
         q = p0 + tl.arange(0, BLOCK_P).to(tl.int64)  # [BP]
         mask = m_in[:, None] & (q < RH)[None, :]
-        zs = tl.load(z_ptr + rm[:, None] * stride_zm + q[None, :], mask=mask, other=0.0).to(DOT)  # [BM, BP]
-        b_hat = _pera_b_hat(b_ptr, idx_ptr, q, rn, R, RH, N, stride_b)  # [BN, BP]
-        acc = tl.dot(zs, tl.trans(b_hat.to(DOT)), acc, input_precision="ieee")
+        zs = tl.load(z_ptr + rm[:, None] * stride_zm + q[None, :], mask=mask, other=0.0)  # [BM, BP]
+        b_hat = dot_operand(_pera_b_hat(b_ptr, idx_ptr, q, rn, R, RH, N, stride_b), DOT, INTERPRET)  # [BN, BP]
+        acc = tl.dot(dot_operand(zs, DOT, INTERPRET), tl.trans(b_hat), acc, input_precision="ieee")
     tl.store(
         out_ptr + rm[:, None] * stride_om + rn[None, :],
-        (scale * acc).to(out_ptr.dtype.element_ty),
+        round_to(scale * acc, out_ptr.dtype.element_ty, INTERPRET),
         mask=m_in[:, None] & (rn < N)[None, :],
     )
 
@@ -187,6 +190,7 @@ def _pera_dz_bwd_kernel(
     stride_b,
     stride_dzm,
     DOT: tl.constexpr,
+    INTERPRET: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_P: tl.constexpr,
@@ -201,12 +205,12 @@ def _pera_dz_bwd_kernel(
     for n0 in range(0, N, BLOCK_N):
         rn = n0 + tl.arange(0, BLOCK_N).to(tl.int64)  # [BN]
         mask = m_in[:, None] & (rn < N)[None, :]
-        gs = tl.load(g_ptr + rm[:, None] * stride_gm + rn[None, :], mask=mask, other=0.0).to(DOT)  # [BM, BN]
-        b_hat = _pera_b_hat(b_ptr, idx_ptr, q, rn, R, RH, N, stride_b)  # [BN, BP]
-        acc = tl.dot(gs, b_hat.to(DOT), acc, input_precision="ieee")
+        gs = tl.load(g_ptr + rm[:, None] * stride_gm + rn[None, :], mask=mask, other=0.0)  # [BM, BN]
+        b_hat = dot_operand(_pera_b_hat(b_ptr, idx_ptr, q, rn, R, RH, N, stride_b), DOT, INTERPRET)  # [BN, BP]
+        acc = tl.dot(dot_operand(gs, DOT, INTERPRET), b_hat, acc, input_precision="ieee")
     tl.store(
         dz_ptr + rm[:, None] * stride_dzm + q[None, :],
-        (scale * acc).to(dz_ptr.dtype.element_ty),
+        round_to(scale * acc, dz_ptr.dtype.element_ty, INTERPRET),
         mask=m_in[:, None] & (q < RH)[None, :],
     )
 
@@ -230,6 +234,7 @@ def _pera_db_bwd_kernel(
     stride_part,
     stride_pn,
     DOT: tl.constexpr,
+    INTERPRET: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_P: tl.constexpr,
@@ -251,10 +256,10 @@ def _pera_db_bwd_kernel(
         rm = m0 + tl.arange(0, BLOCK_M).to(tl.int64)  # [BM]
         m_in = rm < m_end
         mask = n_in[:, None] & m_in[None, :]
-        gs = tl.load(g_ptr + rm[None, :] * stride_gm + rn[:, None], mask=mask, other=0.0).to(DOT)  # [BN, BM]
+        gs = tl.load(g_ptr + rm[None, :] * stride_gm + rn[:, None], mask=mask, other=0.0)  # [BN, BM]
         mask = m_in[:, None] & q_in[None, :]
-        zs = tl.load(z_ptr + rm[:, None] * stride_zm + q[None, :], mask=mask, other=0.0).to(DOT)  # [BM, BP]
-        acc = tl.dot(gs, zs, acc, input_precision="ieee")
+        zs = tl.load(z_ptr + rm[:, None] * stride_zm + q[None, :], mask=mask, other=0.0)  # [BM, BP]
+        acc = tl.dot(dot_operand(gs, DOT, INTERPRET), dot_operand(zs, DOT, INTERPRET), acc, input_precision="ieee")
     acc = scale * acc
     ii, jj, q_in, pair = _pera_index(idx_ptr, q, R, RH)
     b_i, b_j = _pera_b_factors(b_ptr, ii, jj, q_in, pair, rn, N, stride_b)  # [BN, BP]
@@ -270,7 +275,7 @@ def _pera_db_bwd_kernel(
         d_b = tl.dot(d_b_j, to_j, d_b, input_precision="ieee")  # [BN, 16]
         tl.store(
             part + rn[:, None] * stride_pn + rr[None, :],
-            d_b.to(part_ptr.dtype.element_ty),
+            round_to(d_b, part_ptr.dtype.element_ty, INTERPRET),
             mask=n_in[:, None] & (rr < R)[None, :],
         )
 
@@ -296,6 +301,7 @@ def _pera_da_bwd_kernel(
     stride_pa,
     stride_part_h,
     DOT: tl.constexpr,
+    INTERPRET: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_P: tl.constexpr,
@@ -318,16 +324,18 @@ def _pera_da_bwd_kernel(
         rm = m0 + tl.arange(0, BLOCK_M).to(tl.int64)  # [BM]
         m_in = rm < m_end
         mask = q_in[:, None] & m_in[None, :]
-        dzs = tl.load(dz_ptr + rm[None, :] * stride_dzm + q[:, None], mask=mask, other=0.0).to(DOT)  # [BP, BM]
+        dzs = tl.load(dz_ptr + rm[None, :] * stride_dzm + q[:, None], mask=mask, other=0.0)  # [BP, BM]
         mask = m_in[:, None] & k_in[None, :]
-        xs = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=mask, other=0.0).to(DOT)  # [BM, BK]
-        acc = tl.dot(dzs, xs, acc, input_precision="ieee")
+        xs = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=mask, other=0.0)  # [BM, BK]
+        acc = tl.dot(dot_operand(dzs, DOT, INTERPRET), dot_operand(xs, DOT, INTERPRET), acc, input_precision="ieee")
     ii, jj, q_in, pair = _pera_index(idx_ptr, q, R, RH)
     a_i, a_j = _pera_a_factors(a_ptr, ii, jj, q_in, pair, rk, K, stride_a)  # [BP, BK]
     # dh_p takes dÂ[q] before h_p scales it, dA after.
     slot = pid_k * tl.num_programs(2) + pid_s
     d_h = tl.sum(acc * a_i * a_j, axis=1)  # [BP]
-    tl.store(part_h_ptr + slot * stride_part_h + (q - R), d_h.to(part_h_ptr.dtype.element_ty), mask=pair)
+    tl.store(
+        part_h_ptr + slot * stride_part_h + (q - R), round_to(d_h, part_h_ptr.dtype.element_ty, INTERPRET), mask=pair
+    )
     acc = _pera_coef(h_ptr, q, pair, R)[:, None] * acc
     # The rows of dA go 16 at a time (the smallest dot), so registers do not grow with r.
     d_a_i = acc * a_j  # [BP, BK]
@@ -341,7 +349,7 @@ def _pera_da_bwd_kernel(
         d_a = tl.dot(from_j, d_a_j, d_a, input_precision="ieee")  # [16, BK]
         tl.store(
             part + rr[:, None] * stride_pa + rk[None, :],
-            d_a.to(part_a_ptr.dtype.element_ty),
+            round_to(d_a, part_a_ptr.dtype.element_ty, INTERPRET),
             mask=(rr < R)[:, None] & k_in[None, :],
         )
 
@@ -361,6 +369,7 @@ def _pera_dx_bwd_kernel(
     stride_a,
     stride_dxm,
     DOT: tl.constexpr,
+    INTERPRET: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_P: tl.constexpr,
@@ -375,12 +384,12 @@ def _pera_dx_bwd_kernel(
     for p0 in range(0, RH, BLOCK_P):
         q = p0 + tl.arange(0, BLOCK_P).to(tl.int64)  # [BP]
         mask = m_in[:, None] & (q < RH)[None, :]
-        dzs = tl.load(dz_ptr + rm[:, None] * stride_dzm + q[None, :], mask=mask, other=0.0).to(DOT)  # [BM, BP]
-        a_hat = _pera_a_hat(a_ptr, h_ptr, idx_ptr, q, rk, R, RH, K, stride_a)  # [BP, BK]
-        acc = tl.dot(dzs, a_hat.to(DOT), acc, input_precision="ieee")
+        dzs = tl.load(dz_ptr + rm[:, None] * stride_dzm + q[None, :], mask=mask, other=0.0)  # [BM, BP]
+        a_hat = dot_operand(_pera_a_hat(a_ptr, h_ptr, idx_ptr, q, rk, R, RH, K, stride_a), DOT, INTERPRET)  # [BP, BK]
+        acc = tl.dot(dot_operand(dzs, DOT, INTERPRET), a_hat, acc, input_precision="ieee")
     tl.store(
         dx_ptr + rm[:, None] * stride_dxm + rk[None, :],
-        acc.to(dx_ptr.dtype.element_ty),
+        round_to(acc, dx_ptr.dtype.element_ty, INTERPRET),
         mask=m_in[:, None] & (rk < K)[None, :],
     )
 
@@ -401,6 +410,7 @@ def _pera_delta_fwd_kernel(
     stride_b,
     stride_on,
     DOT: tl.constexpr,
+    INTERPRET: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_P: tl.constexpr,
@@ -413,21 +423,17 @@ def _pera_delta_fwd_kernel(
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     for p0 in range(0, RH, BLOCK_P):
         q = p0 + tl.arange(0, BLOCK_P).to(tl.int64)  # [BP]
-        b_hat = _pera_b_hat(b_ptr, idx_ptr, q, rn, R, RH, N, stride_b)  # [BN, BP]
-        a_hat = _pera_a_hat(a_ptr, h_ptr, idx_ptr, q, rk, R, RH, K, stride_a)  # [BP, BK]
-        acc = tl.dot(b_hat.to(DOT), a_hat.to(DOT), acc, input_precision="ieee")
+        b_hat = dot_operand(_pera_b_hat(b_ptr, idx_ptr, q, rn, R, RH, N, stride_b), DOT, INTERPRET)  # [BN, BP]
+        a_hat = dot_operand(_pera_a_hat(a_ptr, h_ptr, idx_ptr, q, rk, R, RH, K, stride_a), DOT, INTERPRET)  # [BP, BK]
+        acc = tl.dot(b_hat, a_hat, acc, input_precision="ieee")
     tl.store(
         out_ptr + rn[:, None] * stride_on + rk[None, :],
-        (scale * acc).to(out_ptr.dtype.element_ty),
+        round_to(scale * acc, out_ptr.dtype.element_ty, INTERPRET),
         mask=(rn < N)[:, None] & (rk < K)[None, :],
     )
 
 
 _MODES = ("full", "square", "cross")
-
-
-def _interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @functools.cache
@@ -444,17 +450,15 @@ def _index(r: int, mode: str, device: torch.device) -> torch.Tensor:
 
 
 def _dot_dtype(dtype: torch.dtype) -> tl.dtype:
-    """What the tensor cores see: 16-bit operands as they are (fp32 accumulate), fp32 in IEEE fp32. The
-    interpreter computes 16-bit math wrongly, so there every operand is fp32."""
-    if _interpret() or dtype == torch.float32:
-        return tl.float32
-    return {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}[dtype]
+    """What the tensor cores see: 16-bit operands in their own dtype (fp32 accumulate), fp32 in IEEE fp32; the
+    generated factors are rounded to it. The interpreter rounds the same way (``_rounding.dot_operand``)."""
+    return {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}[dtype]
 
 
 def intermediate_dtype(dtype: torch.dtype) -> torch.dtype:
-    """dtype of Z and dZ [M, r'] for inputs of ``dtype``. Every consumer rounds them to the dot dtype, so storing
-    them wider would only cost bytes; the interpreter rounds 16-bit stores by truncation, so there they stay fp32."""
-    return torch.float32 if _dot_dtype(dtype) == tl.float32 else dtype
+    """dtype of Z and dZ [M, r'] for inputs of ``dtype``: the inputs' own. Every consumer rounds them to the dot
+    dtype, so storing them wider would only cost bytes."""
+    return dtype
 
 
 def _intermediate(m: int, r_hat: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -470,14 +474,14 @@ def _sm_count(device: torch.device) -> int:
     return 4
 
 
+BLOCK_P_CHOICES = (32, 64, 128)
+
+
 def _block_p(r_hat: int) -> int:
-    """BLOCK_P, the rows of Â (columns of B̂) per chunk: a power of two (a dot dimension), chosen for the fewest
-    padded rows plus a 32-row charge per chunk, since every chunk re-reads its x or G tile (from L2). r' = 152
-    (r = 16, full) gives 3 chunks of 64; r' = 560 (r = 32) 5 of 128; r' ≤ 32 one chunk. ``_blocks`` may cap it."""
-    whole = max(16, triton.next_power_of_2(r_hat))
-    if whole <= 32:
-        return whole
-    return min((32, 64, 128), key=lambda bp: (triton.cdiv(r_hat, bp) * (bp + 32), bp))
+    """BLOCK_P, the rows of Â (columns of B̂) per chunk, one of BLOCK_P_CHOICES: the fewest padded rows plus a
+    32-row charge per chunk, since every chunk re-reads its x or G tile (from L2). r' = 152 (r = 16, full) gives
+    3 chunks of 64; r' = 560 (r = 32) 5 of 128; r' ≤ 32 one chunk of 32. ``_blocks`` may cap it."""
+    return min(BLOCK_P_CHOICES, key=lambda bp: (triton.cdiv(r_hat, bp) * (bp + 32), bp))
 
 
 # Per kernel: caps on its two tile dimensions (in the order ``_blocks`` takes them), on BLOCK_P and on
@@ -485,15 +489,19 @@ def _block_p(r_hat: int) -> int:
 # of the G/x-streaming kernels is 64; the dB and dA folds hold the dB̂/dÂ tile and its two generated factors at
 # once, and the out kernel generates a [BLOCK_N, BLOCK_P] B̂ tile per chunk, so those tiles are capped by area.
 # fp32 dots run IEEE on the CUDA cores with both operands in registers, so their tiles are a quarter the size.
-# Every entry compiles for sm90 at r = 16, 32 and 64 without register spills.
+# Tiles are not shrunk to small problems (masks cover the overhang), so a kernel has one variant per BLOCK_P and
+# dtype; tests/test_kernel_compile.py compiles each for sm_80 and sm_90 and checks its instructions and spills.
+# The out kernel (BLOCK_P 64: 748 spill bytes on sm_80, 108 on sm_90), dx with BLOCK_P 128 and delta with
+# BLOCK_P 64 or 128 (on sm_80) spilled registers at their former BLOCK_P caps; their chunks are narrower now (they
+# reduce over r' inside one program, so a narrower chunk only means more iterations).
 _CAPS_16BIT = {
     "z": (128, 64, 128, 1 << 14, 8),  # BLOCK_M, BLOCK_K (reduced)
-    "out": (128, 128, 64, 1 << 14, 8),  # BLOCK_M, BLOCK_N
+    "out": (128, 128, 32, 1 << 14, 8),  # BLOCK_M, BLOCK_N
     "dz": (128, 64, 128, 1 << 14, 8),  # BLOCK_M, BLOCK_N (reduced)
     "db": (128, 64, 128, 1 << 13, 8),  # BLOCK_N, BLOCK_M (reduced)
     "da": (128, 64, 128, 1 << 13, 8),  # BLOCK_K, BLOCK_M (reduced)
-    "dx": (128, 128, 128, 1 << 14, 8),  # BLOCK_M, BLOCK_K
-    "delta": (128, 128, 128, 1 << 14, 8),  # BLOCK_N, BLOCK_K
+    "dx": (128, 128, 64, 1 << 14, 8),  # BLOCK_M, BLOCK_K
+    "delta": (128, 128, 32, 1 << 14, 8),  # BLOCK_N, BLOCK_K
 }
 _CAPS_FP32 = {
     "z": (64, 16, 32, 1 << 11, 4),
@@ -506,15 +514,13 @@ _CAPS_FP32 = {
 }
 
 
-def _blocks(kernel: str, dtype: torch.dtype, dim0: int, dim1: int, r_hat: int) -> tuple[int, int, int, int]:
-    """(block0, block1, BLOCK_P, num_warps) for ``kernel`` on a dim0 x dim1 problem of ``dtype`` (dimensions in
-    the order of the ``_CAPS_*`` comments): the caps, clamped to the problem, at least 16 (the smallest dot)."""
+def _blocks(kernel: str, dtype: torch.dtype, r_hat: int) -> tuple[int, int, int, int]:
+    """(block0, block1, BLOCK_P, num_warps) for ``kernel`` with inputs of ``dtype`` (dimensions in the order of
+    the ``_CAPS_*`` comments): the caps, block0 within the area cap."""
     caps = _CAPS_FP32 if dtype == torch.float32 else _CAPS_16BIT
     cap0, cap1, cap_p, area, warps = caps[kernel]
     block_p = min(cap_p, _block_p(r_hat))
-    block0 = min(cap0, max(16, area // block_p), max(16, triton.next_power_of_2(dim0)))
-    block1 = min(cap1, max(16, triton.next_power_of_2(dim1)))
-    return block0, block1, block_p, warps
+    return min(cap0, area // block_p), cap1, block_p, warps
 
 
 def _splits(programs: int, m: int, block_m: int, device: torch.device) -> tuple[int, int]:
@@ -535,12 +541,13 @@ def _z(x: torch.Tensor, lora_a: torch.Tensor, h: torch.Tensor, index: torch.Tens
     """z [M, r'] = x·Âᵀ for M, K > 0."""
     m, k = x.shape
     r, r_hat = lora_a.shape[0], index.shape[1]
-    block_m, block_k, block_p, warps = _blocks("z", x.dtype, m, k, r_hat)
+    block_m, block_k, block_p, warps = _blocks("z", x.dtype, r_hat)
     grid = (triton.cdiv(r_hat, block_p), triton.cdiv(m, block_m))
     _pera_z_fwd_kernel[grid](
         x, lora_a, nonempty(h, lora_a), index, z, m, k, r, r_hat,
         x.stride(0), lora_a.stride(0), z.stride(0),
-        DOT=_dot_dtype(x.dtype), BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_P=block_p, num_warps=warps,
+        DOT=_dot_dtype(x.dtype), INTERPRET=interpreting(),
+        BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_P=block_p, num_warps=warps,
     )  # fmt: skip
 
 
@@ -579,12 +586,13 @@ def adapter(
     _z(x, lora_a, h, index, z)
     if n == 0:
         return
-    block_m, block_n, block_p, warps = _blocks("out", x.dtype, m, n, r_hat)
+    block_m, block_n, block_p, warps = _blocks("out", x.dtype, r_hat)
     grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m))
     _pera_out_fwd_kernel[grid](
         z, lora_b, index, out, m, n, r, r_hat, float(scale),
         z.stride(0), lora_b.stride(0), out.stride(0),
-        DOT=_dot_dtype(x.dtype), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_P=block_p, num_warps=warps,
+        DOT=_dot_dtype(x.dtype), INTERPRET=interpreting(),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_P=block_p, num_warps=warps,
     )  # fmt: skip
 
 
@@ -648,26 +656,26 @@ def adapter_backward(
         _z(x, lora_a, h, index, z)
     d_z = _intermediate(m, r_hat, x.dtype, device)
 
-    block_m, block_n, block_p, warps = _blocks("dz", x.dtype, m, n, r_hat)
+    block_m, block_n, block_p, warps = _blocks("dz", x.dtype, r_hat)
     grid = (triton.cdiv(r_hat, block_p), triton.cdiv(m, block_m))
     _pera_dz_bwd_kernel[grid](
         grad, lora_b, index, d_z, m, n, r, r_hat, float(scale),
         grad.stride(0), lora_b.stride(0), d_z.stride(0),
-        DOT=dot, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_P=block_p, num_warps=warps,
+        DOT=dot, INTERPRET=interpreting(), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_P=block_p, num_warps=warps,
     )  # fmt: skip
 
-    block_n, block_m, block_p, warps = _blocks("db", x.dtype, n, m, r_hat)
+    block_n, block_m, block_p, warps = _blocks("db", x.dtype, r_hat)
     chunks, n_tiles = triton.cdiv(r_hat, block_p), triton.cdiv(n, block_n)
     splits, per_split = _splits(chunks * n_tiles, m, block_m, device)
     part_b = _partials(chunks * splits, (n, r), d_b)
     _pera_db_bwd_kernel[(chunks, n_tiles, splits)](
         grad, z, lora_b, index, part_b, m, n, r, r_hat, float(scale), per_split,
         grad.stride(0), z.stride(0), lora_b.stride(0), part_b.stride(0), part_b.stride(1),
-        DOT=dot, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_P=block_p, num_warps=warps,
+        DOT=dot, INTERPRET=interpreting(), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_P=block_p, num_warps=warps,
     )  # fmt: skip
     _reduce(part_b, d_b)
 
-    block_k, block_m, block_p, warps = _blocks("da", x.dtype, k, m, r_hat)
+    block_k, block_m, block_p, warps = _blocks("da", x.dtype, r_hat)
     chunks, k_tiles = triton.cdiv(r_hat, block_p), triton.cdiv(k, block_k)
     splits, per_split = _splits(chunks * k_tiles, m, block_m, device)
     part_a = _partials(chunks * splits, (r, k), d_a)
@@ -675,17 +683,17 @@ def adapter_backward(
     _pera_da_bwd_kernel[(chunks, k_tiles, splits)](
         x, d_z, lora_a, h_arg, index, part_a, nonempty(part_h, lora_a), m, k, r, r_hat, per_split,
         x.stride(0), d_z.stride(0), lora_a.stride(0), part_a.stride(0), part_a.stride(1), part_h.stride(0),
-        DOT=dot, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_P=block_p, num_warps=warps,
+        DOT=dot, INTERPRET=interpreting(), BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_P=block_p, num_warps=warps,
     )  # fmt: skip
     _reduce(part_a, d_a)
     _reduce(part_h, d_h)
 
-    block_m, block_k, block_p, warps = _blocks("dx", x.dtype, m, k, r_hat)
+    block_m, block_k, block_p, warps = _blocks("dx", x.dtype, r_hat)
     grid = (triton.cdiv(k, block_k), triton.cdiv(m, block_m))
     _pera_dx_bwd_kernel[grid](
         d_z, lora_a, h_arg, index, dx, m, k, r, r_hat,
         d_z.stride(0), lora_a.stride(0), dx.stride(0),
-        DOT=dot, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_P=block_p, num_warps=warps,
+        DOT=dot, INTERPRET=interpreting(), BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_P=block_p, num_warps=warps,
     )  # fmt: skip
 
 
@@ -702,10 +710,11 @@ def delta_weight(
     r_hat = index.shape[1]
     if n == 0 or k == 0:
         return
-    block_n, block_k, block_p, warps = _blocks("delta", lora_a.dtype, n, k, r_hat)
+    block_n, block_k, block_p, warps = _blocks("delta", lora_a.dtype, r_hat)
     grid = (triton.cdiv(k, block_k), triton.cdiv(n, block_n))
     _pera_delta_fwd_kernel[grid](
         lora_a, lora_b, nonempty(h, lora_a), index, out, n, k, r, r_hat, float(scale),
         lora_a.stride(0), lora_b.stride(0), out.stride(0),
-        DOT=_dot_dtype(lora_a.dtype), BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_P=block_p, num_warps=warps,
+        DOT=_dot_dtype(lora_a.dtype), INTERPRET=interpreting(),
+        BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_P=block_p, num_warps=warps,
     )  # fmt: skip

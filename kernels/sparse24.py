@@ -13,7 +13,6 @@ so they are exact for every value, NaN payloads included.
 from __future__ import annotations
 
 import functools
-import os
 from typing import NamedTuple
 
 import torch
@@ -21,6 +20,7 @@ import triton
 import triton.language as tl
 
 from ._common import empty
+from ._rounding import dot_operand, interpreting, round_to
 
 
 @triton.jit
@@ -190,10 +190,15 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.view({2: torch.int16, 4: torch.int32}[t.element_size()])
 
 
+# (BLOCK_R, BLOCK_W) of the format kernels, in metadata words (16 columns each): 1024 words a program, wide along
+# a row for coalescing, tall when rows have few words. Masks cover the overhang of small matrices, so two shapes
+# serve every problem: two compiled variants per kernel and dtype, all checked by tests/test_kernel_compile.py.
+FORMAT_TILES = ((16, 64), (64, 16))
+
+
 def _grid(rows: int, words: int) -> tuple[tuple[int, int], int, int]:
-    """Block shape and grid: wide along the words for coalescing, taller when rows are many and words few."""
-    block_w = min(64, triton.next_power_of_2(max(words, 1)))
-    block_r = max(1, min(64, 1024 // block_w, triton.next_power_of_2(max(rows, 1))))
+    """Grid and (BLOCK_R, BLOCK_W) from FORMAT_TILES for a rows x words problem."""
+    block_r, block_w = FORMAT_TILES[0] if words >= FORMAT_TILES[0][1] else FORMAT_TILES[1]
     return (triton.cdiv(rows, block_r), triton.cdiv(words, block_w)), block_r, block_w
 
 
@@ -273,6 +278,7 @@ def _sparse24_mm_epilogue(
     HAS_BIAS: tl.constexpr,
     HAS_LORA: tl.constexpr,
     INTERPRET: tl.constexpr,
+    DOT: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -297,16 +303,15 @@ def _sparse24_mm_epilogue(
                 mask=n_in[:, None] & r_in[None, :],
                 other=0.0,
             )  # [BN, BR]
-            if INTERPRET:
-                ts = ts.to(tl.float32)
-                bs = bs.to(tl.float32)
+            ts = dot_operand(ts, DOT, INTERPRET)
+            bs = dot_operand(bs, DOT, INTERPRET)
             low = tl.dot(bs, tl.trans(ts), low, input_precision=PRECISION)
         acc += scale * low
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rn * stride_bias, mask=n_in, other=0.0).to(tl.float32)[:, None]
     tl.store(
         out_ptr + rm[None, :] * stride_om + rn[:, None] * stride_on,
-        acc.to(out_ptr.dtype.element_ty),
+        round_to(acc, out_ptr.dtype.element_ty, INTERPRET),
         mask=n_in[:, None] & m_in[None, :],
     )
 
@@ -344,6 +349,7 @@ def _sparse24_mm_kernel(
     HAS_BIAS: tl.constexpr,
     HAS_LORA: tl.constexpr,
     INTERPRET: tl.constexpr,
+    DOT: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -398,9 +404,8 @@ def _sparse24_mm_kernel(
             mask=n_in[:, None] & (rw < k_hi // 16)[None, :],
             other=0,
         ).to(tl.int32)  # [BN, BK/16]
-        if INTERPRET:
-            xs = xs.to(tl.float32)
-            vs = vs.to(tl.float32)
+        xs = dot_operand(xs, DOT, INTERPRET)
+        vs = dot_operand(vs, DOT, INTERPRET)
         # Column k = 4g + 2h + l of the chunk: splitting l then h leaves one [., G] plane per position p = 2h + l.
         x_even, x_odd = tl.split(tl.reshape(xs, [BLOCK_M, GROUPS, 2, 2]))
         x0, x2 = tl.split(x_even)  # [BM, G]
@@ -430,7 +435,7 @@ def _sparse24_mm_kernel(
         _sparse24_mm_epilogue(
             acc, rm, rn, bias_ptr, lora_t_ptr, lora_b_ptr, out_ptr, M, N, R, scale,
             stride_bias, stride_tm, stride_tr, stride_bn, stride_br, stride_om, stride_on,
-            HAS_BIAS, HAS_LORA, INTERPRET, PRECISION, BLOCK_M, BLOCK_N, BLOCK_R,
+            HAS_BIAS, HAS_LORA, INTERPRET, DOT, PRECISION, BLOCK_M, BLOCK_N, BLOCK_R,
         )  # fmt: skip
 
 
@@ -459,6 +464,7 @@ def _sparse24_mm_reduce_kernel(
     HAS_BIAS: tl.constexpr,
     HAS_LORA: tl.constexpr,
     INTERPRET: tl.constexpr,
+    DOT: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -479,7 +485,7 @@ def _sparse24_mm_reduce_kernel(
     _sparse24_mm_epilogue(
         acc, rm, rn, bias_ptr, lora_t_ptr, lora_b_ptr, out_ptr, M, N, R, scale,
         stride_bias, stride_tm, stride_tr, stride_bn, stride_br, stride_om, stride_on,
-        HAS_BIAS, HAS_LORA, INTERPRET, PRECISION, BLOCK_M, BLOCK_N, BLOCK_R,
+        HAS_BIAS, HAS_LORA, INTERPRET, DOT, PRECISION, BLOCK_M, BLOCK_N, BLOCK_R,
     )  # fmt: skip
 
 
@@ -501,6 +507,7 @@ def _sparse24_weight_grad_kernel(
     stride_on,
     stride_ok,
     INTERPRET: tl.constexpr,
+    DOT: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -529,9 +536,8 @@ def _sparse24_weight_grad_kernel(
         xs = tl.load(
             x_ptr + rm[:, None] * stride_xm + rk[None, :] * stride_xk, mask=m_in[:, None] & k_in[None, :], other=0.0
         )  # [BM, BK]
-        if INTERPRET:
-            dys = dys.to(tl.float32)
-            xs = xs.to(tl.float32)
+        dys = dot_operand(dys, DOT, INTERPRET)
+        xs = dot_operand(xs, DOT, INTERPRET)
         acc = tl.dot(dys, xs, acc, input_precision=PRECISION)
     # Column k = 4g + 2h + l of the tile: splitting l then h leaves one [BN, G] plane per position p = 2h + l.
     g_even, g_odd = tl.split(tl.reshape(acc, [BLOCK_N, GROUPS, 2, 2]))
@@ -551,18 +557,19 @@ def _sparse24_weight_grad_kernel(
     kept = tl.reshape(tl.join(v0, v1), [BLOCK_N, 2 * GROUPS])  # [BN, BK/2]
     tl.store(
         out_ptr + rn[:, None] * stride_on + rv[None, :] * stride_ok,
-        kept.to(out_ptr.dtype.element_ty),
+        round_to(kept, out_ptr.dtype.element_ty, INTERPRET),
         mask=n_in[:, None] & (rv < K // 2)[None, :],
     )
-
-
-def _interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
     """fp32 operands multiply in IEEE fp32 to match an fp32 reference; 16-bit ones take the tensor cores as is."""
     return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _dot_dtype(dtype: torch.dtype) -> tl.dtype:
+    """What the dots of mm and weight_grad take: the inputs' own dtype (bf16 and fp16 on the tensor cores)."""
+    return {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}[dtype]
 
 
 class _MMConfig(NamedTuple):
@@ -575,6 +582,17 @@ class _MMConfig(NamedTuple):
     k_per_split: int
 
 
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps) of mm by M. Small M (decode) is bound by the weight bytes: narrow N tiles
+# give many programs to stream them, and long K chunks keep many bytes in flight per program. Larger M is bound by
+# the MMAs: square 128-wide tiles. BLOCK_K of at least 64 gives each of the four position planes 16 columns, the
+# smallest dot. fp32 dots run IEEE on the CUDA cores with both operands in registers, so their tiles are smaller
+# (the 16-bit ones spill there). Tiles are not shrunk to small problems (masks cover the overhang): three shapes
+# per dtype class serve every problem, so the JIT compiles few variants, and tests/test_kernel_compile.py compiles
+# each for sm_80 and sm_90 and checks its instructions and that it does not spill.
+MM_TILES = {"decode": (16, 32, 256, 4), "mid": (64, 64, 128, 4), "large": (128, 128, 64, 8)}
+MM_TILES_FP32 = {"decode": (16, 32, 256, 4), "mid": (64, 32, 64, 4), "large": (64, 64, 64, 8)}
+# The adapter rank is consumed 16 columns at a time (the smallest dot) in the epilogue, whatever r is.
+MM_BLOCK_R = 16
 # Split K until the grid holds this many programs per SM, each slice at least this many BLOCK_K chunks long.
 _PROGRAMS_PER_SM = 2
 _MIN_CHUNKS_PER_SPLIT = 4
@@ -589,30 +607,19 @@ def _sm_count(device: torch.device) -> int:
     return 132
 
 
-def _mm_config(m: int, n: int, k: int, r: int, sms: int, split_k: int | None = None) -> _MMConfig:
-    """Blocks, warps and the split of K for mm.
-
-    Small M (decode) is bound by the weight bytes: narrow N tiles give many programs to stream them, and long K
-    chunks keep many bytes in flight per program. Larger M is bound by the MMAs: square 128-wide tiles. Every
-    block is clamped to the problem (at least 16, the smallest dot; BLOCK_K at least 64 so each of the four
-    position planes is 16 wide).
+def _mm_config(
+    m: int, n: int, k: int, r: int, sms: int, split_k: int | None = None, dtype: torch.dtype = torch.bfloat16
+) -> _MMConfig:
+    """The tile of MM_TILES (MM_TILES_FP32 for float32) for M, and the split of K.
 
     When the (N, M) grid has fewer than _PROGRAMS_PER_SM programs per SM (N = 4096 at decode: 128 programs for
     132 SMs), K is split in S slices, S the smallest power of two that reaches that many, as long as every slice
     keeps _MIN_CHUNKS_PER_SPLIT chunks and the fp32 partials move no more bytes than the weight itself; slices
     are whole chunks. A forced ``split_k`` cuts K into that many slices of whole 16-column meta words instead
-    (fewer when K is too short) and narrows BLOCK_K to a slice.
+    (fewer when K is too short).
     """
-    if m <= 16:
-        block_m, block_n, block_k, warps = 16, 32, 256, 4
-    elif m <= 64:
-        block_m, block_n, block_k, warps = 64, 64, 128, 4
-    else:
-        block_m, block_n, block_k, warps = 128, 128, 64, 8
-    block_m = min(block_m, max(16, triton.next_power_of_2(m)))
-    block_n = min(block_n, max(16, triton.next_power_of_2(n)))
-    block_k = min(block_k, max(64, triton.next_power_of_2(k)))
-    block_r = min(64, max(16, triton.next_power_of_2(r)))
+    tiles = MM_TILES_FP32 if dtype == torch.float32 else MM_TILES
+    block_m, block_n, block_k, warps = tiles["decode" if m <= 16 else "mid" if m <= 64 else "large"]
     if split_k is None:
         programs = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
         chunks = triton.cdiv(k, block_k)
@@ -624,8 +631,7 @@ def _mm_config(m: int, n: int, k: int, r: int, sms: int, split_k: int | None = N
         k_per_split = max(1, triton.cdiv(chunks, splits)) * block_k
     else:
         k_per_split = max(1, triton.cdiv(k // 16, split_k)) * 16
-        block_k = min(block_k, max(64, triton.next_power_of_2(k_per_split)))
-    return _MMConfig(block_m, block_n, block_k, block_r, warps, max(1, triton.cdiv(k, k_per_split)), k_per_split)
+    return _MMConfig(block_m, block_n, block_k, MM_BLOCK_R, warps, max(1, triton.cdiv(k, k_per_split)), k_per_split)
 
 
 def mm(
@@ -654,7 +660,7 @@ def mm(
     r = lora_t.shape[1] if lora_t is not None else 0
     if m == 0 or n == 0:
         return
-    cfg = _mm_config(m, n, k, r, _sm_count(x.device), split_k)
+    cfg = _mm_config(m, n, k, r, _sm_count(x.device), split_k, x.dtype)
     split = cfg.splits > 1
     grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m))
     has_lora = lora_t is not None
@@ -668,7 +674,8 @@ def mm(
     flags = {
         "HAS_BIAS": bias is not None,
         "HAS_LORA": has_lora,
-        "INTERPRET": _interpret(),
+        "INTERPRET": interpreting(),
+        "DOT": _dot_dtype(x.dtype),
         "PRECISION": _dot_precision(x.dtype),
         "BLOCK_M": cfg.block_m,
         "BLOCK_N": cfg.block_n,
@@ -678,11 +685,13 @@ def mm(
     # the unsplit kernel's specialisation independent of M).
     target = empty((cfg.splits, m, n), torch.float32, x.device) if split else out
     target_strides = target.stride() if split else (0, *out.stride())
+    # The split kernel leaves the epilogue to the reduction: its flags off, it is one variant whatever the call.
+    first_flags = {**flags, "HAS_BIAS": False, "HAS_LORA": False} if split else flags
     _sparse24_mm_kernel[(*grid, cfg.splits)](
         x, values, meta, *epilogue, target, m, n, k, r, cfg.k_per_split, float(scale),
         x.stride(0), x.stride(1), values.stride(0), values.stride(1), meta.stride(0), meta.stride(1),
         *epilogue_strides, *target_strides,
-        SPLIT=split, BLOCK_K=cfg.block_k, num_warps=cfg.warps, **flags,
+        SPLIT=split, BLOCK_K=cfg.block_k, num_warps=cfg.warps, **first_flags,
     )  # fmt: skip
     if split:
         _sparse24_mm_reduce_kernel[grid](
@@ -692,13 +701,10 @@ def mm(
         )  # fmt: skip
 
 
-def _weight_grad_blocks(m: int, n: int, k: int) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps) for weight_grad: a [64, 128] gradient tile per program, reduced
-    over M in chunks of 64, clamped to the problem (at least 16 everywhere, the smallest dot)."""
-    block_m = min(64, max(16, triton.next_power_of_2(m)))
-    block_n = min(64, max(16, triton.next_power_of_2(n)))
-    block_k = min(128, max(16, triton.next_power_of_2(k)))
-    return block_m, block_n, block_k, 4
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps) of weight_grad by dtype class: a [64, 128] gradient tile per program,
+# reduced over M in chunks of 64 ([32, 64] in chunks of 32 for fp32, whose IEEE dots hold both operands in
+# registers); one shape for every problem (masks cover the overhang).
+WEIGHT_GRAD_TILES = {"16-bit": (64, 64, 128, 4), "fp32": (32, 32, 64, 4)}
 
 
 def weight_grad(dy: torch.Tensor, x: torch.Tensor, meta: torch.Tensor, out_values: torch.Tensor) -> None:
@@ -708,12 +714,12 @@ def weight_grad(dy: torch.Tensor, x: torch.Tensor, meta: torch.Tensor, out_value
     k = x.shape[1]
     if n == 0 or k == 0:
         return
-    block_m, block_n, block_k, warps = _weight_grad_blocks(m, n, k)
+    block_m, block_n, block_k, warps = WEIGHT_GRAD_TILES["fp32" if x.dtype == torch.float32 else "16-bit"]
     grid = (triton.cdiv(n, block_n), triton.cdiv(k, block_k))
     _sparse24_weight_grad_kernel[grid](
         dy, x, meta, out_values, m, n, k,
         dy.stride(0), dy.stride(1), x.stride(0), x.stride(1), meta.stride(0), meta.stride(1),
         out_values.stride(0), out_values.stride(1),
-        INTERPRET=_interpret(), PRECISION=_dot_precision(x.dtype),
+        INTERPRET=interpreting(), DOT=_dot_dtype(x.dtype), PRECISION=_dot_precision(x.dtype),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
     )  # fmt: skip

@@ -92,6 +92,8 @@ def format_demo() -> None:
     print(f"\n2:4 demo on {device.type}, W [{n}, {k}] {str(dtype).removeprefix('torch.')}, x [{m}, {k}]")
     kept = int((pruned != 0).sum()) / w.numel()
     print(f"  kept {kept:.1%} of W; compressed bytes {packed_bytes / dense_bytes:.4f} of dense")
+    bwd_kept = int(sparsity.double_mask_2to4(w)[1].sum()) / w.numel()
+    print(f"  SLoPe's double-pruned backward copy keeps {bwd_kept:.1%} of W")
     print(f"  decompress(compress(W)) == W: {torch.equal(restored, pruned)}  (compress ran on {backend})")
     # The sparse product (perfkern's kernel on the selected backend) against torch's dense product of the pruned
     # weight: two code paths, compared at the dtype's tolerance.

@@ -96,6 +96,28 @@ def test_forward_and_gradients_match_reference(backend, device, lead, n, k, r, d
         assert_within_torch_error(leaf.grad, truth, native, name)
 
 
+def test_bf16_operands_beyond_the_fp16_range(backend, device):
+    """x of 2^17 and A of 2^-17 in bf16 (far outside fp16's range) must reach the dots as bf16: feeding them, or
+    the generated factors, to the tensor cores as fp16 overflows. The interpreter rounds operands to the dot dtype
+    as the GPU does, so that mistake fails on the CPU too."""
+    if not ops.ADAPTER.has(backend):
+        pytest.skip(f"pera_adapter has no {backend} implementation")
+    big = 2.0**17
+    a, b, h = _factors(24, 32, 3, "full", torch.bfloat16, device)
+    a = a / big
+    x = torch.randn(5, 32, device=device).to(torch.bfloat16) * big
+    leaves = [t.clone().requires_grad_(True) for t in (x, a, b, h)]
+    y = perfkern.pera_adapter(*leaves, scale=0.5, mode="full")
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    truth64 = [t.double() for t in (x, a, b, h)]
+    native_y, native_grads = _torch_native(x, a, b, h, 0.5, "full", grad)
+    assert_within_torch_error(y, ref.pera_adapter(*truth64, scale=0.5, mode="full"), native_y, "y")
+    truths = ref.pera_adapter_backward(grad.double(), *truth64, scale=0.5, mode="full")
+    for name, leaf, truth, native in zip(["dx", "dA", "dB", "dh"], leaves, truths, native_grads, strict=True):
+        assert_within_torch_error(leaf.grad, truth, native, name)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_delta_weight_is_the_adapter_as_a_matrix(backend, device, mode):
     if not ops.DELTA_WEIGHT.has(backend):

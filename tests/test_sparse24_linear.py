@@ -189,6 +189,18 @@ def test_weight_grad_matches_reference(backend, device, m, n, k, strided, dtype)
     assert_within_torch_error(got, truth, ref.gather_2to4(dy.t() @ x, meta), "d_values")
 
 
+def test_bf16_operands_beyond_the_fp16_range(backend, device):
+    """bf16 reaches far beyond fp16's range: x of 2^17 (and the weight gradient's dyᵀ·x) and W, A of 2^-17 must
+    reach the dots as bf16. A kernel feeding them to the tensor cores as fp16 overflows to inf; the interpreter
+    rounds operands to the kernel's dot dtype as the GPU does, so that mistake fails here on the CPU too."""
+    big = 2.0**17
+    args = _problem((9,), 48, 64, 4, torch.bfloat16, device, double=True)
+    _skip_unless_layer_backend(backend, args)
+    args.update(x=args["x"] * big, values=args["values"] / big, lora_a=args["lora_a"] / big)
+    args.update(bwd_values=args["bwd_values"] / big)
+    _check_against_reference(args, torch.bfloat16)
+
+
 def test_reference_backward_is_the_gradient_of_the_forward():
     """Without a backward copy the reference backward is the exact gradient: compare it with autograd of the
     reference forward in float64, and that with finite differences."""

@@ -127,8 +127,9 @@ def test_automatic_rule_splits_decode_and_not_large_m(kernels):
 
 
 def test_forced_split_cuts_whole_meta_words(kernels):
+    # The tile stays the decode one of MM_TILES: the kernel's masks end each 32-column slice inside a 256 chunk.
     cfg = kernels._mm_config(3, 40, 112, 5, 132, split_k=4)
-    assert (cfg.splits, cfg.k_per_split, cfg.block_k) == (4, 32, 64)
+    assert (cfg.splits, cfg.k_per_split, cfg.block_k) == (4, 32, kernels.MM_TILES["decode"][2])
     assert kernels._mm_config(3, 40, 32, 5, 132, split_k=4).splits == 2, "K = 32 holds only two meta words"
     assert kernels._mm_config(3, 40, 112, 5, 132, split_k=1).splits == 1
 
