@@ -134,7 +134,11 @@ def describe() -> str:
         return f"core: {reason}"
     archs = module.cuda_archs()
     archs = "CUDA kernels for sm_" + archs.replace(";", ", sm_") if archs else "no CUDA kernels"
-    cpu = f"CPU kernels: {module.cpu_isa()}" if hasattr(module, "cpu_isa") else "no CPU kernels"
+    cpu = (
+        f"CPU kernels: {module.cpu_isa()}, threads: {module.cpu_threading()}"
+        if hasattr(module, "cpu_isa")
+        else "no CPU kernels"
+    )
     name = "perfkern._C_emu" if emulated() else "perfkern._C"
     line = f"core: {name} {module.version()} ({module.build_flavor()} build): {archs}; {cpu}"
     if emulated() and module.device_count() > 0:

@@ -3,6 +3,11 @@ path the machine has (forced in turn), every dtype, odd N, K tails of each kerne
 not, low rank 0/1/64, both kernel shapes (rows below M = 6, cols from it), NaN-poisoned outputs; the thread pool;
 the errors; and ``auto``'s per-shape choice on CPU tensors."""
 
+import os
+import signal
+import sys
+import time
+
 import pytest
 import torch
 from tolerances import assert_bits_equal, assert_within_torch_error
@@ -131,6 +136,72 @@ def test_threads_do_not_change_the_result(m, monkeypatch):
     assert_bits_equal(outs[2], outs[0])
     assert_within_torch_error(outs[0], _truth(x, values, meta, b, t, lora_b, 0.5),
                               _torch_native(x, values, meta, b, t, lora_b, 0.5))  # fmt: skip
+
+
+def _mapped_openmp_runtimes() -> set[str]:
+    with open("/proc/self/maps") as maps:
+        return {line.split()[-1] for line in maps if "libgomp" in line.split()[-1]}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_threads_run_on_torchs_openmp_runtime():
+    """A Linux build with OpenMP runs the kernels' threads in the process's OpenMP runtime, the one torch's CPU
+    build loaded: one libgomp in the process, so the kernels share torch's threads instead of contending with its
+    spinning workers (which halved their speed right after a torch op)."""
+    module = _ext.require_cpu()
+    uses_openmp = "libgomp" in torch.__config__.parallel_info() or any(
+        "libgomp" in p for p in _mapped_openmp_runtimes()
+    )
+    if not uses_openmp:
+        pytest.skip("this torch does not run on libgomp")
+    x, values, meta, b, t, lora_b = _operands(8, 301, 1024, 0, torch.float32, False, False)
+    ops._cpu_mm(x, values, meta, b, t, lora_b, 1.0, torch.empty(8, 301))
+    assert module.cpu_threading() == "openmp"
+    runtimes = _mapped_openmp_runtimes()
+    assert len(runtimes) == 1, f"more than one OpenMP runtime in the process: {sorted(runtimes)}"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_runs_the_kernels_on_its_own_threads():
+    """After the parent ran a multi-threaded call, a forked child (a DataLoader worker) has none of the parent's
+    threads: its calls run on a pool of its own, finish and give the parent's bits."""
+    x, values, meta, b, t, lora_b = _operands(8, 301, 1024, 16, torch.float32, True, False)
+    expected = torch.empty(8, 301)
+    launch = dict(x=x, values=values, meta=meta, bias=b, lora_t=t, lora_b=lora_b, scale=0.5)
+    ops._cpu_mm(**launch, out=expected)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 1
+        try:
+            os.close(read)
+            out = torch.full((8, 301), float("nan"))
+            with torch.no_grad():
+                for _ in range(3):
+                    launch_cpu(
+                        "sparse24_mm_cpu", num_threads=2, out=out, m=8, n=301, k=1024, r=16, x=x, values=values,
+                        meta=meta, bias=b, lora_t=t, lora_b=lora_b, scale=0.5, x_row_stride=x.stride(0),
+                        values_row_stride=values.stride(0), meta_row_stride=meta.stride(0), bias_stride=1,
+                        t_stride0=t.stride(0), t_stride1=t.stride(1), b_stride0=lora_b.stride(0),
+                        b_stride1=lora_b.stride(1), out_row_stride=out.stride(0), dtype=0, isa=0,
+                    )  # fmt: skip
+            same = bool(torch.equal(out.view(torch.int32), expected.view(torch.int32)))
+            os.write(write, f"{same} {_ext.require_cpu().cpu_threading()}".encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    deadline = time.monotonic() + 120
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child's call did not finish in 120 s")
+    with os.fdopen(read) as pipe:
+        report = pipe.read()
+    assert os.waitstatus_to_exitcode(done[1]) == 0, report
+    assert report == "True pool", report
 
 
 def test_broadcast_operands():

@@ -1,4 +1,11 @@
-// The CPU launchers' thread pool: workers started on first need and kept, so a call costs a wake-up, not a
+// The CPU launchers' parallel runs. Built with OpenMP (PERFKERN_CPU_OPENMP, the default where the compiler has
+// it), a run is an OpenMP parallel region: in a process that also runs torch, whose CPU build ships libgomp.so.1,
+// the core then shares torch's OpenMP threads (one libgomp is loaded) rather than competing with them. Torch's
+// idle OpenMP workers spin for a while after each of its parallel ops, so a pool of our own, woken right after
+// one, found its cores taken and ran at about half speed. A forked child, which has no OpenMP threads, and builds
+// without OpenMP use the pool below.
+//
+// The thread pool: workers started on first need and kept, so a call costs a wake-up, not a
 // thread start. A call runs on at most the threads it asks for (the caller is thread 0); workers not asked stay
 // asleep. Jobs share out their own work (a counter of chunks), so the caller never waits for a worker that the OS
 // has not run yet: once the caller's own share of the job returns, the job is closed, and a worker that wakes
@@ -18,6 +25,9 @@
 #endif
 #if !defined(_WIN32)
 #include <pthread.h>
+#endif
+#if defined(PERFKERN_CPU_OPENMP)
+#include <omp.h>
 #endif
 
 #include "cpu/cpu.h"
@@ -128,9 +138,15 @@ class Pool {
 Pool* g_pool = nullptr;
 std::once_flag g_pool_once;
 
+// Set in a forked child: libgomp's threads were the parent's, so the child runs on a pool of its own.
+bool g_forked = false;
+
 #if !defined(_WIN32)
 // A forked child has only the forking thread: it starts a pool of its own on first use.
-void forget_pool_in_child() { g_pool = new Pool(); }
+void forget_pool_in_child() {
+  g_pool = new Pool();
+  g_forked = true;
+}
 #endif
 
 Pool& pool() {
@@ -148,7 +164,35 @@ Pool& pool() {
 PoolLock::PoolLock() { pool().call.lock(); }
 PoolLock::~PoolLock() { pool().call.unlock(); }
 
-void pool_run(TaskFn fn, void* ctx, int threads) { pool().run(fn, ctx, threads); }
+void pool_run(TaskFn fn, void* ctx, int threads) {
+#if defined(PERFKERN_CPU_OPENMP)
+  // pool() first: it registers the fork handler before any OpenMP thread exists. Inside another parallel
+  // region (a caller's own OpenMP code), OpenMP would give one thread; the pool is used there as well.
+  Pool& own = pool();
+  if (threads > 1 && !g_forked && !omp_in_parallel()) {
+#pragma omp parallel num_threads(threads)
+    fn(ctx, omp_get_thread_num(), omp_get_num_threads());
+    return;
+  }
+  own.run(fn, ctx, threads);
+#else
+  pool().run(fn, ctx, threads);
+#endif
+}
+
+}  // namespace cpu
+}  // namespace perfkern
+
+extern "C" const char* perfkern_cpu_threading(void) {
+#if defined(PERFKERN_CPU_OPENMP)
+  return perfkern::cpu::g_forked ? "pool" : "openmp";
+#else
+  return "pool";
+#endif
+}
+
+namespace perfkern {
+namespace cpu {
 
 void* pool_scratch(size_t bytes) { return pool().scratch(bytes); }
 

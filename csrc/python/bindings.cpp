@@ -397,6 +397,8 @@ PYBIND11_MODULE(PERFKERN_PYTHON_MODULE, m) {
         "dict(name, major, minor, multiprocessor_count, total_global_mem) of a device.");
   m.def("cpu_isa", []() { return std::string(perfkern_cpu_isa_name(perfkern_cpu_isa())); },
         "The best instruction set of this CPU the CPU kernels run: 'avx512_bf16', 'avx512', 'avx2' or 'scalar'.");
+  m.def("cpu_threading", []() { return std::string(perfkern_cpu_threading()); },
+        "'openmp' or 'pool': what runs the CPU kernels' threads (see perfkern_cpu_threading).");
   m.def(
       "cpu_isa_supported",
       [](int isa) { return perfkern_cpu_isa_supported(static_cast<perfkern_cpu_isa_t>(isa)) != 0; }, py::arg("isa"),

@@ -287,8 +287,9 @@ def _cuda_mm(x, values, meta, bias, lora_t, lora_b, scale, out, kernel=0):
     )  # fmt: skip
 
 
-# CPU backend: the core's CPU kernels (perfkern_sparse24_mm_cpu), on torch's thread count: the core's pool runs the
-# call while torch's own pool is idle, so the threads never outnumber what torch was given.
+# CPU backend: the core's CPU kernels (perfkern_sparse24_mm_cpu), on torch's thread count. Built with OpenMP, the
+# core runs them in the process's OpenMP runtime, which is torch's (one libgomp.so.1), so they share torch's threads
+# rather than contend with its idle workers' spinning.
 
 
 def _cpu_mm(x, values, meta, bias, lora_t, lora_b, scale, out, isa="auto"):

@@ -569,6 +569,10 @@ PERFKERN_API perfkern_cpu_isa_t perfkern_cpu_isa(void);
 PERFKERN_API const char* perfkern_cpu_isa_name(perfkern_cpu_isa_t isa);
 /* Whether this CPU and build can run `isa` (AUTO and SCALAR: always). */
 PERFKERN_API int perfkern_cpu_isa_supported(perfkern_cpu_isa_t isa);
+/* What runs the CPU launchers' threads now: "openmp" (the OpenMP runtime of the process, so a caller that uses
+ * OpenMP itself, as torch does, shares its threads) or "pool" (the library's own threads: builds without OpenMP,
+ * and a forked child). */
+PERFKERN_API const char* perfkern_cpu_threading(void);
 
 /* 2:4 sparse product on the CPU, with bias and a fused low-rank term:
  *   out[m, n] = sum_k x[m, k] Ws[n, k] + bias[n] + scale * sum_j lora_t[m, j] lora_b[n, j]
