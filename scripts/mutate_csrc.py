@@ -2,7 +2,7 @@
 the tests of the cuda backend fail on the emulated core (PERFKERN_EMULATE) for every one of them.
 
     python scripts/mutate_csrc.py                 # every mutation, then a table: mutation -> failing tests
-    python scripts/mutate_csrc.py --rotate 2      # two of them, chosen by the commit (CI)
+    python scripts/mutate_csrc.py --rotate 1      # one of them, chosen by the commit (CI)
     python scripts/mutate_csrc.py --only mma-acc-swap --only bias-dropped
     python scripts/mutate_csrc.py --list
 
