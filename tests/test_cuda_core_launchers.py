@@ -425,3 +425,21 @@ def test_state_update_is_correlation_state_fold(dev):
             epoch = [t.clone() for t in state.epoch.stats]
             counts[1] = 0.0
     assert counts == [state.running.count.item(), state.epoch.count.item()]
+
+
+# ---- the format launchers' empty problems ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rows, cols", [(0, 32), (5, 0)], ids=["rows0", "cols0"])
+def test_format_launchers_take_null_pointers_for_an_empty_matrix(dev, rows, cols):
+    """An empty matrix is a no-op with NULL pointers (what torch gives empty tensors); a non-empty one still needs
+    them, and the error names the operand."""
+    fields = dict(src=None, values=None, meta=None, mask=None, rows=rows, cols=cols, src_row_stride=cols,
+                  values_row_stride=cols // 2, meta_row_stride=cols // 16, mask_row_stride=0, dtype=0)  # fmt: skip
+    launch_core("sparse24_compress", dev, **fields)
+    launch_core("sparse24_decompress", dev, values=None, meta=None, dense=None, rows=rows, cols=cols,
+                values_row_stride=cols // 2, meta_row_stride=cols // 16, dense_row_stride=cols, dtype=0)  # fmt: skip
+    launch_core("sparse24_meta_reorder", dev, src=None, dst=None, rows=0, meta_cols=4, to_cutlass=1)
+    with pytest.raises(RuntimeError, match="src: expected a non-null device pointer, got NULL"):
+        launch_core("sparse24_compress", dev, **{**fields, "rows": 2, "cols": 32, "src_row_stride": 32,
+                                                 "values_row_stride": 16, "meta_row_stride": 2})  # fmt: skip

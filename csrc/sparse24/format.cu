@@ -48,13 +48,15 @@ perfkern_status_t run(const Params* params, cudaStream_t stream) {
   PERFKERN_RETURN_IF_ERROR(check_params_ptr(params));
   const Params& p = *params;
   const auto operands = Op<float>::operands(p);
+  PERFKERN_RETURN_IF_ERROR(check_non_negative(p.rows, "rows"));
+  PERFKERN_RETURN_IF_ERROR(check_non_negative(p.cols, "cols"));
+  // An empty matrix has no elements to point at (torch gives its empty tensors NULL data pointers).
+  const bool empty = p.rows == 0 || p.cols == 0;
   for (const Operand& t : operands) {
-    if (t.required) {
+    if (t.required && !empty) {
       PERFKERN_RETURN_IF_ERROR(check_non_null(t.ptr, t.name));
     }
   }
-  PERFKERN_RETURN_IF_ERROR(check_non_negative(p.rows, "rows"));
-  PERFKERN_RETURN_IF_ERROR(check_non_negative(p.cols, "cols"));
   PERFKERN_RETURN_IF_ERROR(check_multiple_of(p.cols, 16, "cols"));
   PERFKERN_RETURN_IF_ERROR(check_dtype(p.dtype));
   PERFKERN_RETURN_IF_ERROR(check_device_ordinal(p.device));
@@ -63,7 +65,7 @@ perfkern_status_t run(const Params* params, cudaStream_t stream) {
       PERFKERN_RETURN_IF_ERROR(check_row_stride(t.row_stride, t.width, t.width_expr, p.rows, t.stride_name));
     }
   }
-  if (p.rows == 0 || p.cols == 0) {
+  if (empty) {
     return PERFKERN_SUCCESS;
   }
   DeviceGuard guard(p.device);

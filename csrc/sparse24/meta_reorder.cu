@@ -27,10 +27,12 @@ extern "C" perfkern_status_t perfkern_sparse24_meta_reorder(const perfkern_spars
   using namespace perfkern::sparse24;
   PERFKERN_RETURN_IF_ERROR(check_params_ptr(params));
   const perfkern_sparse24_meta_reorder_params_t& p = *params;
-  PERFKERN_RETURN_IF_ERROR(check_non_null(p.src, "src"));
-  PERFKERN_RETURN_IF_ERROR(check_non_null(p.dst, "dst"));
   PERFKERN_RETURN_IF_ERROR(check_non_negative(p.rows, "rows"));
   PERFKERN_RETURN_IF_ERROR(check_non_negative(p.meta_cols, "meta_cols"));
+  if (p.rows > 0 && p.meta_cols > 0) {  // an empty matrix has no elements to point at
+    PERFKERN_RETURN_IF_ERROR(check_non_null(p.src, "src"));
+    PERFKERN_RETURN_IF_ERROR(check_non_null(p.dst, "dst"));
+  }
   PERFKERN_RETURN_IF_ERROR(check_multiple_of(p.rows, 32, "rows"));
   PERFKERN_RETURN_IF_ERROR(check_multiple_of(p.meta_cols, 4, "meta_cols"));
   PERFKERN_RETURN_IF_ERROR(check_device_ordinal(p.device));

@@ -89,7 +89,9 @@ PERFKERN_API perfkern_status_t perfkern_device_count(int* count);
 PERFKERN_API perfkern_status_t perfkern_device_info(int device, perfkern_device_info_t* info);
 
 /* Select the 2 of every 4 entries (along cols) with the largest |score|; ties go to the lower index,
- * NaN ranks above every number. Any output pointer may be NULL (not written).
+ * NaN ranks above every number. Any output pointer may be NULL (not written). In this and the other format
+ * launchers (decompress, gather, meta_reorder) an empty matrix (rows or cols 0) is a no-op whose pointers may
+ * all be NULL.
  *   src    [rows, cols]    scores / the dense matrix (dtype)
  *   values [rows, cols/2]  kept entries of src in column order, -0.0 written as +0.0 (dtype)
  *   meta   [rows, cols/16] int16 canonical metadata
