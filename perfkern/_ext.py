@@ -38,13 +38,22 @@ def emulated() -> bool:
     return emulation() is not None
 
 
+# The process perfkern was imported in. The core registers a fork handler when it loads; loaded only after a
+# fork, it is told here that this is a child (OpenMP threads started by the parent, e.g. for torch's own ops,
+# cannot be used in a child: OpenMP there can hang).
+_IMPORT_PID = os.getpid()
+
+
 @functools.cache
 def _load_module(source: str) -> tuple[ModuleType | None, str | None]:
     if source == "_C":
         try:
-            return importlib.import_module("perfkern._C"), None
+            module = importlib.import_module("perfkern._C")
         except ImportError as err:
             return None, f"the CUDA extension perfkern._C is not built ({err}); {_BUILD_HINT}"
+        if os.getpid() != _IMPORT_PID and hasattr(module, "cpu_forked_child"):
+            module.cpu_forked_child()
+        return module, None
     if source == "1":
         try:
             return importlib.import_module("perfkern._C_emu"), None

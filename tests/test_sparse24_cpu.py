@@ -5,7 +5,9 @@ the errors; and ``auto``'s per-shape choice on CPU tensors."""
 
 import os
 import signal
+import subprocess
 import sys
+import textwrap
 import time
 
 import pytest
@@ -202,6 +204,43 @@ def test_a_forked_child_runs_the_kernels_on_its_own_threads():
         report = pipe.read()
     assert os.waitstatus_to_exitcode(done[1]) == 0, report
     assert report == "True pool", report
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_before_any_kernel_call_runs_on_its_own_threads():
+    """The parent ran torch's OpenMP threads but never a perfkern kernel (a DataLoader's parent, say), then
+    forked: the child's kernel calls must not use OpenMP threads inherited in name only. A fresh interpreter, so
+    that no earlier test has called a kernel."""
+    script = textwrap.dedent(
+        """
+        import os, signal, torch
+        from perfkern import _ext
+        from perfkern.ops._common import launch_cpu
+        from perfkern.reference import sparse24 as ref
+        torch.mm(torch.randn(512, 512), torch.randn(512, 512))  # torch's OpenMP threads start
+        w = torch.randn(512, 256)  # 512K multiply-adds: a call worth two threads
+        values, meta = ref.compress_2to4(w * ref.mask_2to4(w))
+        x, out = torch.randn(8, 256), torch.full((8, 512), float("nan"))
+        expected = x @ ref.decompress_2to4(values, meta).t()  # before the fork: torch's own mm can hang in a child
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(60)  # a hung child ends itself
+            launch_cpu("sparse24_mm_cpu", num_threads=2, x=x, values=values, meta=meta, bias=None, lora_t=None,
+                       lora_b=None, out=out, m=8, n=512, k=256, r=0, scale=1.0, x_row_stride=256,
+                       values_row_stride=128, meta_row_stride=16, bias_stride=0, t_stride0=0, t_stride1=0,
+                       b_stride0=0, b_stride1=0, out_row_stride=512, dtype=0, isa=0)
+            ok = (out - expected).abs().max().item() <= 1e-4 * expected.abs().max().item()  # 4096 elements: serial
+            print(ok, _ext.require_cpu().cpu_threading(), flush=True)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        print("parent", _ext.require_cpu().cpu_threading(), os.waitstatus_to_exitcode(status))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[0] == "True pool", done.stdout
+    parent = done.stdout.strip().splitlines()[-1]
+    assert parent.split()[2] == "0" and parent.split()[1] in ("openmp", "pool"), done.stdout
 
 
 def test_broadcast_operands():

@@ -138,23 +138,24 @@ class Pool {
 Pool* g_pool = nullptr;
 std::once_flag g_pool_once;
 
-// Set in a forked child: libgomp's threads were the parent's, so the child runs on a pool of its own.
-bool g_forked = false;
+// Set in a forked child (by the fork handler, or perfkern_cpu_forked_child): libgomp's threads were the
+// parent's, so the child runs on a pool of its own.
+std::atomic<bool> g_forked{false};
 
 #if !defined(_WIN32)
-// A forked child has only the forking thread: it starts a pool of its own on first use.
+// A forked child has only the forking thread: it starts a pool of its own (the parent's may have been mid-call,
+// its lock held, its workers gone). Registered when the library loads, so that a child whose parent never called
+// a launcher (but ran OpenMP through torch) knows it is a child too.
 void forget_pool_in_child() {
-  g_pool = new Pool();
+  if (g_pool != nullptr) g_pool = new Pool();
   g_forked = true;
 }
+[[maybe_unused]] const int g_atfork = pthread_atfork(nullptr, nullptr, forget_pool_in_child);
 #endif
 
 Pool& pool() {
   std::call_once(g_pool_once, [] {
-    g_pool = new Pool();
-#if !defined(_WIN32)
-    pthread_atfork(nullptr, nullptr, forget_pool_in_child);
-#endif
+    if (g_pool == nullptr) g_pool = new Pool();
   });
   return *g_pool;
 }
@@ -166,15 +167,14 @@ PoolLock::~PoolLock() { pool().call.unlock(); }
 
 void pool_run(TaskFn fn, void* ctx, int threads) {
 #if defined(PERFKERN_CPU_OPENMP)
-  // pool() first: it registers the fork handler before any OpenMP thread exists. Inside another parallel
-  // region (a caller's own OpenMP code), OpenMP would give one thread; the pool is used there as well.
-  Pool& own = pool();
+  // Inside another parallel region (a caller's own OpenMP code) OpenMP would give one thread; the pool runs
+  // the call there, as it does in a forked child.
   if (threads > 1 && !g_forked && !omp_in_parallel()) {
 #pragma omp parallel num_threads(threads)
     fn(ctx, omp_get_thread_num(), omp_get_num_threads());
     return;
   }
-  own.run(fn, ctx, threads);
+  pool().run(fn, ctx, threads);
 #else
   pool().run(fn, ctx, threads);
 #endif
@@ -182,6 +182,8 @@ void pool_run(TaskFn fn, void* ctx, int threads) {
 
 }  // namespace cpu
 }  // namespace perfkern
+
+extern "C" void perfkern_cpu_forked_child(void) { perfkern::cpu::g_forked = true; }
 
 extern "C" const char* perfkern_cpu_threading(void) {
 #if defined(PERFKERN_CPU_OPENMP)

@@ -399,6 +399,8 @@ PYBIND11_MODULE(PERFKERN_PYTHON_MODULE, m) {
         "The best instruction set of this CPU the CPU kernels run: 'avx512_bf16', 'avx512', 'avx2' or 'scalar'.");
   m.def("cpu_threading", []() { return std::string(perfkern_cpu_threading()); },
         "'openmp' or 'pool': what runs the CPU kernels' threads (see perfkern_cpu_threading).");
+  m.def("cpu_forked_child", &perfkern_cpu_forked_child,
+        "Declare this process a forked child: the CPU kernels run on the library's own pool from now on.");
   m.def(
       "cpu_isa_supported",
       [](int isa) { return perfkern_cpu_isa_supported(static_cast<perfkern_cpu_isa_t>(isa)) != 0; }, py::arg("isa"),

@@ -575,6 +575,11 @@ PERFKERN_API int perfkern_cpu_isa_supported(perfkern_cpu_isa_t isa);
  * OpenMP itself, as torch does, shares its threads) or "pool" (the library's own threads: builds without OpenMP,
  * and a forked child). */
 PERFKERN_API const char* perfkern_cpu_threading(void);
+/* Declares this process a forked child: from now on the CPU launchers run on the library's own pool (the OpenMP
+ * threads were the parent's, and OpenMP in a child of a process that used them can hang). A handler registered
+ * when the library loads does this at every fork; a caller that loads the library only after a fork (while the
+ * parent ran OpenMP, e.g. through torch) calls it itself. */
+PERFKERN_API void perfkern_cpu_forked_child(void);
 
 /* 2:4 sparse product on the CPU, with bias and a fused low-rank term:
  *   out[m, n] = sum_k x[m, k] Ws[n, k] + bias[n] + scale * sum_j lora_t[m, j] lora_b[n, j]
