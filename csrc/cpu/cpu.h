@@ -209,6 +209,21 @@ inline float dot_f32(const float* a, const float* b, int64_t count) {
   return ((part[0] + part[4]) + (part[1] + part[5])) + ((part[2] + part[6]) + (part[3] + part[7]));
 }
 
+// The rows kernels' tail when K % 32 == 16: sum plus the last 16 columns (a single metadata word) against x row m
+// in the plain layout there. vrow and mrow are the weight row's values (dtype) and metadata.
+inline float add_sparse_tail(float sum, const Problem& p, const void* vrow, const int16_t* mrow, int64_t m,
+                             perfkern_dtype_t dtype) {
+  const int64_t c = p.k / 16 - 1;
+  const uint32_t w = static_cast<uint16_t>(mrow[c]);
+  const float* x = p.x + m * p.x_stride + 16 * c;
+  for (int q = 0; q < 4; ++q) {
+    const uint32_t nib = (w >> (4 * q)) & 15u;
+    const int64_t v = 8 * c + 2 * q;
+    sum += load_f32(vrow, v, dtype) * x[4 * q + (nib & 3u)] + load_f32(vrow, v + 1, dtype) * x[4 * q + (nib >> 2)];
+  }
+  return sum;
+}
+
 // The epilogue of output column n for the x rows [m0, m0 + count): acc[j * acc_stride] holds
 // sum_k x[m0 + j, k] W[n, k] and is overwritten; out gets acc + bias[n] + scale * lora_t[m] . lora_b[n].
 inline void finish_column(const Problem& p, int64_t n, int64_t m0, int64_t count, float* acc, int64_t acc_stride) {

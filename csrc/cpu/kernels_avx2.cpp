@@ -108,16 +108,7 @@ void sparse_rows_tile(const Problem& p, int64_t n, int64_t m0, float* acc) {
   for (int r = 0; r < R; ++r) {
     for (int j = 0; j < MT; ++j) {
       float sum = hsum(a[r][j]);
-      if (p.k % 32 != 0) {  // the last 16 columns, a single word: plain x there
-        const int64_t c = p.k / 16 - 1;
-        const uint32_t w = static_cast<uint16_t>(mrow[r][c]);
-        const float* x = p.x + (m0 + j) * p.x_stride + 16 * c;
-        for (int q = 0; q < 4; ++q) {
-          const uint32_t nib = (w >> (4 * q)) & 15u;
-          const int64_t v = 8 * c + 2 * q;
-          sum += load_f32(vrow[r], v, D) * x[4 * q + (nib & 3u)] + load_f32(vrow[r], v + 1, D) * x[4 * q + (nib >> 2)];
-        }
-      }
+      if (p.k % 32 != 0) sum = add_sparse_tail(sum, p, vrow[r], mrow[r], m0 + j, D);
       acc[r * MT + j] = sum;
     }
   }

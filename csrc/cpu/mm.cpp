@@ -203,6 +203,15 @@ void prepare_cols(const Common& c, float* dst, int64_t mp) {
   }
 }
 
+// The fields the sparse and dense launchers' params share.
+template <class Params>
+Common common_of(const Params& q) {
+  return Common{q.x,           q.bias,      q.lora_t,    q.lora_b,    q.out,       q.m,
+                q.n,           q.k,         q.r,         q.scale,     q.x_row_stride, q.bias_stride,
+                q.t_stride0,   q.t_stride1, q.b_stride0, q.b_stride1, q.out_row_stride, q.dtype,
+                q.num_threads, q.isa};
+}
+
 // ---- the parallel product ---------------------------------------------------------------------------------
 
 struct MmJob {
@@ -351,10 +360,7 @@ perfkern_status_t perfkern_sparse24_mm_cpu(const perfkern_sparse24_mm_cpu_params
   using namespace perfkern::cpu;
   PERFKERN_RETURN_IF_ERROR(perfkern::detail::check_params_ptr(params));
   const auto& q = *params;
-  const Common c{q.x,           q.bias,      q.lora_t,    q.lora_b,    q.out,       q.m,
-                 q.n,           q.k,         q.r,         q.scale,     q.x_row_stride, q.bias_stride,
-                 q.t_stride0,   q.t_stride1, q.b_stride0, q.b_stride1, q.out_row_stride, q.dtype,
-                 q.num_threads, q.isa};
+  const Common c = common_of(q);
   PERFKERN_RETURN_IF_ERROR(check_common(c));
   const bool any = q.m > 0 && q.n > 0 && q.k > 0;
   PERFKERN_RETURN_IF_ERROR(check_ptr(q.values, "values", any));
@@ -368,10 +374,7 @@ perfkern_status_t perfkern_dense_mm_cpu(const perfkern_dense_mm_cpu_params_t* pa
   using namespace perfkern::cpu;
   PERFKERN_RETURN_IF_ERROR(perfkern::detail::check_params_ptr(params));
   const auto& q = *params;
-  const Common c{q.x,           q.bias,      q.lora_t,    q.lora_b,    q.out,       q.m,
-                 q.n,           q.k,         q.r,         q.scale,     q.x_row_stride, q.bias_stride,
-                 q.t_stride0,   q.t_stride1, q.b_stride0, q.b_stride1, q.out_row_stride, q.dtype,
-                 q.num_threads, q.isa};
+  const Common c = common_of(q);
   PERFKERN_RETURN_IF_ERROR(check_common(c));
   PERFKERN_RETURN_IF_ERROR(check_ptr(q.w, "w", q.m > 0 && q.n > 0 && q.k > 0));
   PERFKERN_RETURN_IF_ERROR(perfkern::detail::check_non_negative(q.w_row_stride, "w_row_stride"));
