@@ -15,11 +15,30 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
+#include <utility>
 
 #include "perfkern/perfkern.h"
 
+#if defined(__GNUC__)
+#define PERFKERN_CPU_INLINE inline __attribute__((always_inline))
+#else
+#define PERFKERN_CPU_INLINE inline
+#endif
+
 namespace perfkern {
 namespace cpu {
+
+// f(std::integral_constant<int, i>{}) for i = 0 .. N-1, unrolled: arrays indexed by those constants stay in
+// registers (a loop over them, even one the compiler unrolls later, keeps them in memory).
+template <class F, int... I>
+PERFKERN_CPU_INLINE void unroll_each(F&& f, std::integer_sequence<int, I...>) {
+  (f(std::integral_constant<int, I>{}), ...);
+}
+template <int N, class F>
+PERFKERN_CPU_INLINE void unroll(F&& f) {
+  unroll_each(f, std::make_integer_sequence<int, N>{});
+}
 
 // M from which the cols kernel runs (below it, the rows kernel).
 constexpr int64_t kColsMinM = 6;
@@ -193,6 +212,11 @@ inline void load_row_f32(const void* src, int64_t offset, int64_t stride, int64_
                          float* dst) {
   if (dtype == PERFKERN_DTYPE_F32 && stride == 1) {
     std::memcpy(dst, static_cast<const float*>(src) + offset, static_cast<size_t>(count) * sizeof(float));
+    return;
+  }
+  if (dtype == PERFKERN_DTYPE_BF16 && stride == 1) {  // the switch out of the loop, so it vectorises
+    const uint16_t* h = static_cast<const uint16_t*>(src) + offset;
+    for (int64_t i = 0; i < count; ++i) dst[i] = bf16_to_f32(h[i]);
     return;
   }
   for (int64_t i = 0; i < count; ++i) dst[i] = load_f32(src, offset + i * stride, dtype);

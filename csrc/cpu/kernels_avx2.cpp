@@ -22,7 +22,21 @@ struct V8 {
   using Reg = __m256;
   static Reg zero() { return _mm256_setzero_ps(); }
   static Reg load(const float* p) { return _mm256_loadu_ps(p); }
-  static Reg broadcast(const float* p) { return _mm256_broadcast_ss(p); }
+  // b0, b1 = v[0], v[1] in every lane: one 8-byte broadcast load, then an in-lane duplicate of each half.
+  static void broadcast_pair(const float* v, Reg& b0, Reg& b1) {
+    double d;
+    std::memcpy(&d, v, 8);
+    const __m256 pair = _mm256_castpd_ps(_mm256_set1_pd(d));
+    b0 = _mm256_moveldup_ps(pair);
+    b1 = _mm256_movehdup_ps(pair);
+  }
+  // The same from two bf16 values: their 4 bytes broadcast as one lane; v[0] is that lane shifted up 16 bits, v[1]
+  // its upper half (bf16 is the upper half of an fp32).
+  static void broadcast_pair_bf16(const uint16_t* v, Reg& b0, Reg& b1) {
+    const __m256 pair = _mm256_broadcast_ss(reinterpret_cast<const float*>(v));
+    b0 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(pair), 16));
+    b1 = _mm256_and_ps(pair, _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int32_t>(0xffff0000u))));
+  }
   static Reg fma(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
   static Reg add(Reg a, Reg b) { return _mm256_add_ps(a, b); }
   static void store(float* p, Reg v) { _mm256_storeu_ps(p, v); }

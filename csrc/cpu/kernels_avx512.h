@@ -22,7 +22,19 @@ struct V16 {
   using Reg = __m512;
   static Reg zero() { return _mm512_setzero_ps(); }
   static Reg load(const float* p) { return _mm512_loadu_ps(p); }
-  static Reg broadcast(const float* p) { return _mm512_set1_ps(*p); }
+  // b0, b1 = v[0], v[1] in every lane: two broadcast loads, which an FMA can take as its memory operand.
+  static void broadcast_pair(const float* v, Reg& b0, Reg& b1) {
+    b0 = _mm512_set1_ps(v[0]);
+    b1 = _mm512_set1_ps(v[1]);
+  }
+  // From two bf16 values: their 4 bytes broadcast as one lane, v[0] shifted up 16 bits, v[1] the upper half.
+  static void broadcast_pair_bf16(const uint16_t* v, Reg& b0, Reg& b1) {
+    int32_t bits;
+    std::memcpy(&bits, v, 4);
+    const __m512i pair = _mm512_set1_epi32(bits);
+    b0 = _mm512_castsi512_ps(_mm512_slli_epi32(pair, 16));
+    b1 = _mm512_castsi512_ps(_mm512_and_si512(pair, _mm512_set1_epi32(static_cast<int32_t>(0xffff0000u))));
+  }
   static Reg fma(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
   static Reg add(Reg a, Reg b) { return _mm512_add_ps(a, b); }
   static void store(float* p, Reg v) { _mm512_storeu_ps(p, v); }

@@ -13,7 +13,14 @@ struct V1 {
   using Reg = float;
   static Reg zero() { return 0.0f; }
   static Reg load(const float* p) { return *p; }
-  static Reg broadcast(const float* p) { return *p; }
+  static void broadcast_pair(const float* v, Reg& b0, Reg& b1) {
+    b0 = v[0];
+    b1 = v[1];
+  }
+  static void broadcast_pair_bf16(const uint16_t* v, Reg& b0, Reg& b1) {
+    b0 = bf16_to_f32(v[0]);
+    b1 = bf16_to_f32(v[1]);
+  }
   static Reg fma(Reg a, Reg b, Reg c) { return a * b + c; }
   static Reg add(Reg a, Reg b) { return a + b; }
   static void store(float* p, Reg v) { *p = v; }

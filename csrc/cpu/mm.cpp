@@ -190,14 +190,20 @@ void prepare_row(const Common& c, int64_t m, XLayout layout, float* dst) {
   load_row_f32(src, base + col, 1, c.k - col, c.dtype, dst + col);
 }
 
-// x^T [k][mp], m padded with zeros, 64 columns of x per pass so each row's span stays in cache.
+// x^T [k][mp], m padded with zeros, 64 columns of x per pass so each row's span stays in cache: each row's span is
+// converted to fp32 once (contiguous, so the conversion vectorises) and then written down its column of x^T.
 void prepare_cols(const Common& c, float* dst, int64_t mp) {
   constexpr int64_t kBlock = 64;
+  float span[kBlock];
   for (int64_t kb = 0; kb < c.k; kb += kBlock) {
-    const int64_t kend = std::min(kb + kBlock, c.k);
+    const int64_t len = std::min(kBlock, c.k - kb);
     for (int64_t m = 0; m < mp; ++m) {
-      for (int64_t k = kb; k < kend; ++k) {
-        dst[k * mp + m] = m < c.m ? load_f32(c.x, m * c.x_row_stride + k, c.dtype) : 0.0f;
+      float* col = dst + kb * mp + m;
+      if (m < c.m) {
+        load_row_f32(c.x, m * c.x_row_stride + kb, 1, len, c.dtype, span);
+        for (int64_t i = 0; i < len; ++i) col[i * mp] = span[i];
+      } else {
+        for (int64_t i = 0; i < len; ++i) col[i * mp] = 0.0f;
       }
     }
   }
