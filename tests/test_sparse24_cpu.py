@@ -25,7 +25,8 @@ pytestmark = pytest.mark.skipif(_ext.cpu_unavailable_reason() is not None, reaso
 ISAS = ["scalar", "avx2", "avx512", "avx512_bf16"]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # (M, N, K, r): M across both kernel shapes (rows < 6 <= cols, lane blocks of 8 and 16), odd N (row tiles of 4),
-# K with a tail after the 32-column (AVX2, AVX-512) and 64-column (avx512_bf16) steps.
+# K with a tail after the 32-column (AVX2, AVX-512) and 64-column (avx512_bf16) steps and after the cols kernel's
+# blocks of K.
 SHAPES = [
     pytest.param(1, 37, 48, 0, id="M1-N37-K48-r0"),
     pytest.param(1, 5, 144, 1, id="M1-N5-K144-r1"),
@@ -36,6 +37,10 @@ SHAPES = [
     pytest.param(9, 23, 96, 64, id="M9-N23-K96-r64"),
     pytest.param(17, 7, 208, 1, id="M17-N7-K208-r1"),
     pytest.param(40, 19, 64, 0, id="M40-N19-K64-r0"),
+    # The cols kernel's blocks of K (x^T of 64 x 4 bytes per column: 256 columns per 64 KiB block, then a tail of
+    # 32) and its passes of 32 weight rows (a thread's run of 1100 / 16 / threads rows).
+    pytest.param(33, 33, 544, 1, id="M33-N33-K544-r1"),
+    pytest.param(33, 1100, 64, 0, id="M33-N1100-K64-r0"),
 ]
 
 

@@ -50,4 +50,4 @@ def test_every_isa_path_matches_scalar_under_simde(tmp_path):
     result = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("ok "), result.stdout
-    assert int(result.stdout.split()[1]) == 3 * 3 * 10 * 4
+    assert int(result.stdout.split()[1]) == 3 * 3 * 11 * 4

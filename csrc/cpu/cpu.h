@@ -7,7 +7,8 @@
 //          weight's bytes are the cost.
 //   cols:  vectorised along M (an outer product): each kept weight value is broadcast and multiplies a column
 //          of x^T, whose row the metadata names. No lane is wasted on a pruned weight, so it does half the
-//          multiply-adds of the dense product. For M >= kColsMinM.
+//          multiply-adds of the dense product. For M >= kColsMinM; beyond one vector of M it takes K in blocks
+//          whose slice of x^T stays in L2 (cols.h).
 // Both accumulate in fp32 and end in one epilogue (bias, the low-rank term, the cast to the output dtype).
 #ifndef PERFKERN_CPU_CPU_H_
 #define PERFKERN_CPU_CPU_H_
@@ -42,6 +43,10 @@ PERFKERN_CPU_INLINE void unroll(F&& f) {
 
 // M from which the cols kernel runs (below it, the rows kernel).
 constexpr int64_t kColsMinM = 6;
+// The cols kernel beyond one vector of M: bytes of x^T per block of K (kept in L2 while weight rows pass over it)
+// and weight rows per pass, whose sums (rows x the padded M) wait in the thread's scratch.
+constexpr int64_t kColsBlockBytes = 64 * 1024;
+constexpr int64_t kColsSweepRows = 32;
 
 // x as a kernel reads it, prepared once per call by the launcher (fp32):
 //   kRowsPlain:  [m][k], as x.

@@ -36,7 +36,8 @@ void rows(const Problem& p, int64_t n0, int64_t n1, Scratch scratch) {
   float* vbuf = scratch.data;
   float* acc = scratch.data + p.k + 16;
   for (int64_t n = n0; n < n1; ++n) {
-    const float* v = cols_impl::values_f32<V1>(p, n, vbuf);
+    const void* row = cols_impl::row_values<V1, cols_impl::ValueKind::kF32>(p, n, 0, p.k, vbuf);
+    const auto* v = static_cast<const float*>(row);
     for (int64_t m = 0; m < p.m; ++m) {
       const float* x = p.x + m * p.x_stride;
       float sum = 0.0f;

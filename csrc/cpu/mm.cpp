@@ -293,8 +293,9 @@ perfkern_status_t run_mm(const Common& c, bool sparse, const void* weight, const
       p.layout == XLayout::kNative || (p.layout == XLayout::kRowsPlain && c.dtype == PERFKERN_DTYPE_F32);
   const int64_t x_floats = x_in_place ? 0 : (cols ? c.k * mp : c.m * c.k);
   const int64_t t_floats = c.r > 0 ? c.m * c.r : 0;
-  // Per thread: 4 weight rows in fp32 (the cols kernel broadcasts from them) and the accumulators.
-  const int64_t per_thread = round_up(4 * (c.k + 16) + 256 + c.m, 16);
+  // Per thread: 4 weight rows in fp32 (an fp16 weight converted) and the accumulators (the cols kernel's: a pass
+  // of kColsSweepRows rows x mp).
+  const int64_t per_thread = round_up(4 * (c.k + 16) + 256 + c.m + (cols ? kColsSweepRows * mp : 0), 16);
 
   PoolLock lock;
   const size_t bytes = sizeof(float) * static_cast<size_t>(round_up(x_floats, 16) + round_up(t_floats, 16) +

@@ -111,7 +111,8 @@ int main() {
   };
   // M on both sides of the rows/cols switch and past a 16-lane block; K with a tail after 32- and 64-column steps.
   const Shape shapes[] = {{1, 37, 48, 0}, {1, 9, 144, 1}, {2, 13, 64, 3}, {3, 5, 80, 0},  {5, 7, 112, 0},
-                          {6, 11, 96, 1}, {9, 6, 208, 0}, {17, 5, 64, 2}, {33, 3, 48, 0}, {1, 4, 16, 0}};
+                          {6, 11, 96, 1}, {9, 6, 208, 0}, {17, 5, 64, 2}, {33, 3, 48, 0}, {1, 4, 16, 0},
+                          {33, 34, 544, 1}};
   int cases = 0;
   for (perfkern_cpu_isa_t isa : {PERFKERN_CPU_ISA_AVX2, PERFKERN_CPU_ISA_AVX512, PERFKERN_CPU_ISA_AVX512_BF16}) {
     for (perfkern_dtype_t dtype : {PERFKERN_DTYPE_F32, PERFKERN_DTYPE_BF16, PERFKERN_DTYPE_F16}) {
