@@ -1,12 +1,16 @@
 """Print the table of a pytest-benchmark JSON written by ``pytest bench/ --benchmark-only --benchmark-json=F``.
 
 Usage: ``python bench/report.py RESULTS.json``. Rows of the reference provider are marked: the reference is the
-pure-PyTorch truth, so its ratio to a baseline is no kernel speedup."""
+pure-PyTorch truth, so its ratio to a baseline is no kernel speedup. ``python bench/report.py --cpu-markdown
+RESULTS.json`` prints the CPU benchmark's records (``bench/bench_sparse24_cpu.py``) as the README's table."""
 
 import json
 import sys
 
-USAGE = "usage: python bench/report.py RESULTS.json  (written by pytest bench/ --benchmark-only --benchmark-json=...)"
+USAGE = (
+    "usage: python bench/report.py [--cpu-markdown] RESULTS.json  (written by pytest bench/ --benchmark-only "
+    "--benchmark-json=...)"
+)
 REFERENCE = "reference"
 MARK = "†"
 NOTE = f"{MARK} {REFERENCE}: the pure-PyTorch truth, not a kernel; its ratio to a baseline is no kernel speedup"
@@ -43,8 +47,34 @@ def main(path: str) -> None:
         print(NOTE)
 
 
+def cpu_markdown(path: str) -> None:
+    """The CPU records as the README's markdown table: one row per weight, M and dtype."""
+    with open(path) as f:
+        data = json.load(f)
+    rows = [b["extra_info"] for b in data["benchmarks"] if b.get("extra_info", {}).get("op", "").startswith("cpu ")]
+    print(f"device: {rows[0]['device']}, {rows[0]['threads']} threads, torch {rows[0]['torch']}, "
+          f"isa {rows[0]['isa']}, read bandwidth {rows[0]['read_gbps']:.1f} GB/s, "
+          f"commit {data.get('commit_info', {}).get('id', '?')[:7]}, date {data.get('datetime', '?')[:10]}")  # fmt: skip
+    print("| weight N×K | M | dtype | kernel ms | vs `F.linear` | vs own dense kernel | of read bandwidth | "
+          "in cache: vs own dense | `auto` vs `F.linear` |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    dtypes = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+    for r in rows:
+        m, n, k = r["shape"].split("x")
+        dtype = dtypes.get(r["op"].split()[-1], r["op"].split()[-1])
+        bandwidth = f"{r['floor_fraction']:.0%}" if int(m) < 128 else ""
+        hot = f"{r['hot_vs_own_dense']:.2f}×" if r.get("hot_vs_own_dense") else ""
+        auto = f"{r['auto_vs_linear']:.2f}× ({r['auto_backend']})" if r.get("auto_vs_linear") else ""
+        print(f"| {n}×{k} | {m} | {dtype} | {r['ms']:.2f} | {r['speedup']:.2f}× | {r['vs_own_dense']:.2f}× | "
+              f"{bandwidth} | {hot} | {auto} |")  # fmt: skip
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    args = sys.argv[1:]
+    if len(args) == 2 and args[0] == "--cpu-markdown":
+        cpu_markdown(args[1])
+    elif len(args) == 1 and not args[0].startswith("--"):
+        main(args[0])
+    else:
         print(USAGE, file=sys.stderr)
         sys.exit(2)
-    main(sys.argv[1])

@@ -26,7 +26,7 @@ def _bench_module(name: str):
 def test_report_without_an_argument_prints_usage():
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "report.py")], capture_output=True, text=True)
     assert done.returncode == 2
-    assert done.stderr.startswith("usage: python bench/report.py RESULTS.json") and "Traceback" not in done.stderr
+    assert done.stderr.startswith("usage: python bench/report.py") and "Traceback" not in done.stderr
 
 
 def _row(provider, speedup):
@@ -44,6 +44,21 @@ def test_reference_rows_are_not_kernel_speedups(tmp_path, capsys):
     assert any(" triton " in line and "†" not in line for line in lines)
     assert lines[-1] == report.NOTE
     assert set(plot.series(json.loads(path.read_text()))["op"]) == {"reference (not a kernel)", "triton"}
+
+
+def test_cpu_markdown_prints_the_records_ratios(tmp_path, capsys):
+    report = _bench_module("report")
+    info = {"op": "cpu 2:4 mm bfloat16", "shape": "8x11008x4096", "provider": "cpu kernel", "ms": 4.0,
+            "device": "test cpu", "threads": 2, "torch": "2.13", "isa": "avx2", "read_gbps": 30.0,
+            "speedup": 5.0, "vs_own_dense": 1.25, "floor_fraction": 0.375, "hot_vs_own_dense": 1.5,
+            "auto_vs_linear": None, "auto_backend": None}  # fmt: skip
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"datetime": "2026-12-01T10:00", "commit_info": {"id": "abcdef123"},
+                                "benchmarks": [{"extra_info": info}]}))  # fmt: skip
+    report.cpu_markdown(str(path))
+    lines = capsys.readouterr().out.splitlines()
+    assert "commit abcdef1, date 2026-12-01" in lines[0]
+    assert lines[-1] == "| 11008×4096 | 8 | bf16 | 4.00 | 5.00× | 1.25× | 38% | 1.50× |  |"
 
 
 # A plugin loaded into a benchmark run that makes one op 3% wrong: the old checks (atol/rtol 0.05 and 0.1, shapes
