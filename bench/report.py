@@ -52,9 +52,9 @@ def cpu_markdown(path: str) -> None:
     with open(path) as f:
         data = json.load(f)
     rows = [b["extra_info"] for b in data["benchmarks"] if b.get("extra_info", {}).get("op", "").startswith("cpu ")]
-    print(f"device: {rows[0]['device']}, {rows[0]['threads']} threads, torch {rows[0]['torch']}, "
-          f"isa {rows[0]['isa']}, read bandwidth {rows[0]['read_gbps']:.1f} GB/s, "
-          f"commit {data.get('commit_info', {}).get('id', '?')[:7]}, date {data.get('datetime', '?')[:10]}")  # fmt: skip
+    first, commit, date = rows[0], data.get("commit_info", {}).get("id", "?")[:7], data.get("datetime", "?")[:10]
+    print(f"device: {first['device']}, {first['threads']} threads, torch {first['torch']}, isa {first['isa']}, "
+          f"read bandwidth {first['read_gbps']:.1f} GB/s, commit {commit}, date {date}")  # fmt: skip
     print("| weight N×K | M | dtype | kernel ms | vs `F.linear` | vs own dense kernel | of read bandwidth | "
           "in cache: vs own dense | `auto` vs `F.linear` |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
