@@ -1,11 +1,12 @@
 // AVX2 + FMA (+ F16C) kernels. Compiled with -mavx2 -mfma -mf16c; run only where cpuid says so.
 //
-// The rows kernel for a 2:4 weight takes 32 columns (two metadata words c, c+1: 16 kept values) per step. Each
-// kept value must meet the x column its 2-bit index names. The values load as two vectors, lo = groups 0-1 and
-// hi = groups 2-3 of both words ([word c | word c+1] in the two 128-bit lanes: the order in which bf16 values widen
-// to fp32 with one unpack). x is stored paired (cpu.h, kRowsPaired) so that the 4 candidates of every value lie in
-// the same 128-bit lane: an in-lane vpermilps per group parity, indexed by the metadata word shifted per lane
-// (vpermilps reads only bits 1:0 of each index), and a blend gather x into the values' order.
+// The rows kernel for a 2:4 weight takes 32 columns (two metadata words c, c+1: 16 kept values of a row) per step.
+// Each kept value must meet the x column its 2-bit index names. x is stored paired (cpu.h, kRowsPaired): vector q
+// holds group q of word c and of word c+1 in its two 128-bit lanes, so the 4 candidates of every value of group q
+// lie in one lane and an in-lane vpermilps gathers them, indexed by the metadata shifted per lane (vpermilps reads
+// only bits 1:0 of each index). Weight rows go in pairs: the two rows' kept values of group q are interleaved into
+// one vector ([r, r, t, t] per lane: load_pair_step) and one permute serves both, 8 values. A row alone (the last
+// of an odd N) takes its 16 values as groups 0-1 and 2-3 of both words: two permutes and a blend per 8 values.
 #include <cstdint>
 #include <cstring>
 
@@ -128,6 +129,99 @@ void sparse_rows_tile(const Problem& p, int64_t n, int64_t m0, float* acc) {
   }
 }
 
+// The values of step s of two rows r, t, four vectors: v[q] = group q of both rows and both words, lanes
+// [r h0, r h1, t h0, t h1 | the same for word c + 1] (h: first or second kept value of the group).
+template <perfkern_dtype_t D>
+inline void load_pair_step(const void* row_r, const void* row_t, int64_t s, __m256* v) {
+  if constexpr (D == PERFKERN_DTYPE_BF16) {
+    // 32-bit units are groups (a bf16 pair): interleave the rows' groups, then widen each half of a 128-bit lane.
+    const auto* hr = static_cast<const uint16_t*>(row_r) + 16 * s;
+    const auto* ht = static_cast<const uint16_t*>(row_t) + 16 * s;
+    const __m256i raw_r = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(hr));
+    const __m256i raw_t = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ht));
+    const __m256i g01 = _mm256_unpacklo_epi32(raw_r, raw_t);  // [r g0, t g0, r g1, t g1 | word c + 1]
+    const __m256i g23 = _mm256_unpackhi_epi32(raw_r, raw_t);
+    const __m256i zero = _mm256_setzero_si256();
+    v[0] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, g01));
+    v[1] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, g01));
+    v[2] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, g23));
+    v[3] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, g23));
+  } else {
+    // load_step's lo = [g0 g1 | g0' g1'] and hi = [g2 g3 | g2' g3'] in 64-bit units (a group's pair): interleave.
+    __m256 lo_r, hi_r, lo_t, hi_t;
+    load_step<D>(row_r, s, lo_r, hi_r);
+    load_step<D>(row_t, s, lo_t, hi_t);
+    const auto lo = [](__m256 a, __m256 b) {
+      return _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(a), _mm256_castps_pd(b)));
+    };
+    const auto hi = [](__m256 a, __m256 b) {
+      return _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(a), _mm256_castps_pd(b)));
+    };
+    v[0] = lo(lo_r, lo_t);
+    v[1] = hi(lo_r, lo_t);
+    v[2] = lo(hi_r, hi_t);
+    v[3] = hi(hi_r, hi_t);
+  }
+}
+
+// P pairs of weight rows x MT rows of x of a 2:4 weight: acc[r * MT + j] gets the dot product of weight row n + r
+// and x row m0 + j. The two rows of a pair share every vector: x's paired layout holds group q of words c and
+// c + 1 in the two 128-bit lanes, and both rows' kept values of that group choose among those 4 columns, so one
+// in-lane permute gathers x for 8 values of two rows, where a row alone needs two permutes and a blend.
+template <perfkern_dtype_t D, int P, int MT>
+void sparse_pair_rows_tile(const Problem& p, int64_t n, int64_t m0, float* acc) {
+  // Lane l of a group vector takes bits 2 h of its row's word: h = l % 2, word c + 1 (16 bits up) in lanes 4-7.
+  const __m256i shift = _mm256_setr_epi32(0, 2, 0, 2, 16, 18, 16, 18);
+  constexpr int kAcc = MT == 1 ? 2 : 1;  // independent FMA chains: two per pair when there is one x row
+  const int64_t esize = D == PERFKERN_DTYPE_F32 ? 4 : 2;
+  const char* vrow[2 * P];
+  const int16_t* mrow[2 * P];
+  for (int r = 0; r < 2 * P; ++r) {
+    vrow[r] = static_cast<const char*>(p.values) + (n + r) * p.values_stride * esize;
+    mrow[r] = p.meta + (n + r) * p.meta_stride;
+  }
+  __m256 a[P][MT][kAcc];
+  unroll<P>([&](auto pp) {
+    unroll<MT>([&](auto j) { unroll<kAcc>([&](auto i) { a[pp][j][i] = _mm256_setzero_ps(); }); });
+  });
+  const int64_t steps = p.k / 32;
+  for (int64_t s = 0; s < steps; ++s) {
+    unroll<P>([&](auto pp) {
+      int32_t words_r, words_t;
+      std::memcpy(&words_r, mrow[2 * pp] + 2 * s, 4);
+      std::memcpy(&words_t, mrow[2 * pp + 1] + 2 * s, 4);
+      const __m256i both = _mm256_blend_epi32(_mm256_set1_epi32(words_r), _mm256_set1_epi32(words_t), 0xcc);
+      __m256i idx[4];
+      idx[0] = _mm256_srlv_epi32(both, shift);
+      unroll<3>([&](auto q) { idx[q + 1] = _mm256_srli_epi32(idx[0], 4 * (q + 1)); });
+      __m256 v[4];
+      load_pair_step<D>(vrow[2 * pp], vrow[2 * pp + 1], s, v);
+      unroll<MT>([&](auto j) {
+        const float* x = p.x + (m0 + j) * p.x_stride + 32 * s;
+        unroll<4>([&](auto q) {
+          const __m256 g = _mm256_permutevar_ps(_mm256_load_ps(x + 8 * q), idx[q]);
+          a[pp][j][q % kAcc] = _mm256_fmadd_ps(v[q], g, a[pp][j][q % kAcc]);
+        });
+      });
+    });
+  }
+  unroll<P>([&](auto pp) {
+    unroll<MT>([&](auto j) {
+      __m256 sum8 = a[pp][j][0];
+      if constexpr (kAcc == 2) sum8 = _mm256_add_ps(sum8, a[pp][j][1]);
+      // Lanes [r, r, t, t] of both 128-bit halves.
+      const __m128 h = _mm_add_ps(_mm256_castps256_ps128(sum8), _mm256_extractf128_ps(sum8, 1));
+      const __m128 pairs = _mm_add_ps(h, _mm_movehdup_ps(h));  // lane 0: r, lane 2: t
+      float sum[2] = {_mm_cvtss_f32(pairs), _mm_cvtss_f32(_mm_movehl_ps(pairs, pairs))};
+      for (int i = 0; i < 2; ++i) {
+        const int r = 2 * pp + i;
+        if (p.k % 32 != 0) sum[i] = add_sparse_tail(sum[i], p, vrow[r], mrow[r], m0 + j, D);
+        acc[r * MT + j] = sum[i];
+      }
+    });
+  });
+}
+
 // The same for a dense weight (x plain): 16 columns per step.
 template <perfkern_dtype_t D, int R, int MT>
 void dense_rows_tile(const Problem& p, int64_t n, int64_t m0, float* acc) {
@@ -178,8 +272,38 @@ void rows_tile(const Problem& p, int64_t n, int64_t m0, float* acc) {
   for (int r = 0; r < R; ++r) finish_column(p, n + r, m0, MT, acc + r * MT, 1);
 }
 
+// Pairs of weight rows of a 2:4 weight (P pairs, MT rows of x), then the epilogue.
+template <perfkern_dtype_t D, int P, int MT>
+void pair_rows_tile(const Problem& p, int64_t n, int64_t m0, float* acc) {
+  sparse_pair_rows_tile<D, P, MT>(p, n, m0, acc);
+  for (int r = 0; r < 2 * P; ++r) finish_column(p, n + r, m0, MT, acc + r * MT, 1);
+}
+
+template <perfkern_dtype_t D>
+void sparse_rows_typed(const Problem& p, int64_t n0, int64_t n1, float* acc) {
+  int64_t n = n0;
+  if (p.m == 1) {
+    for (; n + 4 <= n1; n += 4) pair_rows_tile<D, 2, 1>(p, n, 0, acc);
+  } else if (p.m == 2) {
+    for (; n + 2 <= n1; n += 2) pair_rows_tile<D, 1, 2>(p, n, 0, acc);
+  } else {
+    // A pair of weight rows at a time (it stays in cache), x rows in runs of 4.
+    for (; n + 2 <= n1; n += 2) {
+      int64_t m = 0;
+      for (; m + 4 <= p.m; m += 4) pair_rows_tile<D, 1, 4>(p, n, m, acc);
+      for (; m + 2 <= p.m; m += 2) pair_rows_tile<D, 1, 2>(p, n, m, acc);
+      for (; m < p.m; ++m) pair_rows_tile<D, 1, 1>(p, n, m, acc);
+    }
+  }
+  // The last row of an odd N: alone.
+  for (; n < n1; ++n) {
+    for (int64_t m = 0; m < p.m; ++m) rows_tile<D, 1, 1>(p, n, m, acc);
+  }
+}
+
 template <perfkern_dtype_t D>
 void rows_typed(const Problem& p, int64_t n0, int64_t n1, float* acc) {
+  if (p.sparse) return sparse_rows_typed<D>(p, n0, n1, acc);
   int64_t n = n0;
   if (p.m == 1) {
     for (; n + 4 <= n1; n += 4) rows_tile<D, 4, 1>(p, n, 0, acc);
