@@ -162,9 +162,12 @@ void cols_blocked(const Problem& p, int64_t n0, int64_t n1, float* const* bufs, 
       }
       for (; n < s1; ++n) {
         float* row_acc = acc + (n - s0) * mp;
+        // The row's inputs once for all its lane blocks (an fp16 row converted once).
+        const void* vrow = row_values<V, VK>(p, n, k0, k1, bufs[0]);
+        const int16_t* mrow = p.sparse ? p.meta + n * p.meta_stride + k0 / 16 : nullptr;
         int64_t b = 0;
         const auto pass = [&](auto cb) {
-          run_tile<V, VK, 1, decltype(cb)::value, -1>(p, n, b, k0, k1, bufs, row_acc + b * W, mp, accumulate);
+          tile<V, VK, 1, decltype(cb)::value, -1>(p, &vrow, &mrow, b, k0, k1, row_acc + b * W, mp, accumulate);
           b += cb;
         };
         while (b + 4 <= blocks) pass(std::integral_constant<int, 4>{});

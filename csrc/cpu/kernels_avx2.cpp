@@ -83,50 +83,34 @@ inline void load_step(const void* row, int64_t s, __m256& lo, __m256& hi) {
   }
 }
 
-// R weight rows x MT rows of x of a 2:4 weight; acc[r * MT + j] gets the dot product of weight row n + r and x row
-// m0 + j. One accumulator per pair: a step is long enough (about 14 instructions per row) to hide the FMA latency,
-// and the registers it saves keep the accumulators out of memory.
-template <perfkern_dtype_t D, int R, int MT>
-void sparse_rows_tile(const Problem& p, int64_t n, int64_t m0, float* acc) {
+// One weight row n of a 2:4 weight against x row m: the last row of an odd N, which has no partner for
+// sparse_pair_rows_tile. Its 16 values of a step as lo = groups 0-1 and hi = groups 2-3 of both words; x gathered
+// by two permutes and a blend per vector. Returns the dot product.
+template <perfkern_dtype_t D>
+float sparse_row_dot(const Problem& p, int64_t n, int64_t m) {
   const __m256i shift = _mm256_setr_epi32(0, 2, 4, 6, 16, 18, 20, 22);
   const int64_t esize = D == PERFKERN_DTYPE_F32 ? 4 : 2;
-  const char* vrow[R];
-  const int16_t* mrow[R];
-  for (int r = 0; r < R; ++r) {
-    vrow[r] = static_cast<const char*>(p.values) + (n + r) * p.values_stride * esize;
-    mrow[r] = p.meta + (n + r) * p.meta_stride;
-  }
-  __m256 a[R][MT];
-  for (int r = 0; r < R; ++r) {
-    for (int j = 0; j < MT; ++j) a[r][j] = _mm256_setzero_ps();
-  }
+  const char* vrow = static_cast<const char*>(p.values) + n * p.values_stride * esize;
+  const int16_t* mrow = p.meta + n * p.meta_stride;
+  __m256 a = _mm256_setzero_ps();
   const int64_t steps = p.k / 32;
   for (int64_t s = 0; s < steps; ++s) {
-    for (int r = 0; r < R; ++r) {
-      int32_t words;
-      std::memcpy(&words, mrow[r] + 2 * s, 4);
-      // Lane indices for groups 0-1 (lo) and, 8 bits further, groups 2-3 (hi) of both words.
-      const __m256i idx_lo = _mm256_srlv_epi32(_mm256_set1_epi32(words), shift);
-      const __m256i idx_hi = _mm256_srli_epi32(idx_lo, 8);
-      __m256 vlo, vhi;
-      load_step<D>(vrow[r], s, vlo, vhi);
-      for (int j = 0; j < MT; ++j) {
-        const float* x = p.x + (m0 + j) * p.x_stride + 32 * s;
-        const __m256 glo = _mm256_blend_ps(_mm256_permutevar_ps(_mm256_load_ps(x), idx_lo),
-                                           _mm256_permutevar_ps(_mm256_load_ps(x + 8), idx_lo), 0xcc);
-        const __m256 ghi = _mm256_blend_ps(_mm256_permutevar_ps(_mm256_load_ps(x + 16), idx_hi),
-                                           _mm256_permutevar_ps(_mm256_load_ps(x + 24), idx_hi), 0xcc);
-        a[r][j] = _mm256_fmadd_ps(vhi, ghi, _mm256_fmadd_ps(vlo, glo, a[r][j]));
-      }
-    }
+    int32_t words;
+    std::memcpy(&words, mrow + 2 * s, 4);
+    // Lane indices for groups 0-1 (lo) and, 8 bits further, groups 2-3 (hi) of both words.
+    const __m256i idx_lo = _mm256_srlv_epi32(_mm256_set1_epi32(words), shift);
+    const __m256i idx_hi = _mm256_srli_epi32(idx_lo, 8);
+    __m256 vlo, vhi;
+    load_step<D>(vrow, s, vlo, vhi);
+    const float* x = p.x + m * p.x_stride + 32 * s;
+    const __m256 glo = _mm256_blend_ps(_mm256_permutevar_ps(_mm256_load_ps(x), idx_lo),
+                                       _mm256_permutevar_ps(_mm256_load_ps(x + 8), idx_lo), 0xcc);
+    const __m256 ghi = _mm256_blend_ps(_mm256_permutevar_ps(_mm256_load_ps(x + 16), idx_hi),
+                                       _mm256_permutevar_ps(_mm256_load_ps(x + 24), idx_hi), 0xcc);
+    a = _mm256_fmadd_ps(vhi, ghi, _mm256_fmadd_ps(vlo, glo, a));
   }
-  for (int r = 0; r < R; ++r) {
-    for (int j = 0; j < MT; ++j) {
-      float sum = hsum(a[r][j]);
-      if (p.k % 32 != 0) sum = add_sparse_tail(sum, p, vrow[r], mrow[r], m0 + j, D);
-      acc[r * MT + j] = sum;
-    }
-  }
+  const float sum = hsum(a);
+  return p.k % 32 != 0 ? add_sparse_tail(sum, p, vrow, mrow, m, D) : sum;
 }
 
 // The values of step s of two rows r, t, four vectors: v[q] = group q of both rows and both words, lanes
@@ -222,7 +206,7 @@ void sparse_pair_rows_tile(const Problem& p, int64_t n, int64_t m0, float* acc) 
   });
 }
 
-// The same for a dense weight (x plain): 16 columns per step.
+// R weight rows x MT rows of x of a dense weight (x plain), 16 columns per step; acc[r * MT + j] as above.
 template <perfkern_dtype_t D, int R, int MT>
 void dense_rows_tile(const Problem& p, int64_t n, int64_t m0, float* acc) {
   const int64_t esize = D == PERFKERN_DTYPE_F32 ? 4 : 2;
@@ -264,11 +248,7 @@ void dense_rows_tile(const Problem& p, int64_t n, int64_t m0, float* acc) {
 
 template <perfkern_dtype_t D, int R, int MT>
 void rows_tile(const Problem& p, int64_t n, int64_t m0, float* acc) {
-  if (p.sparse) {
-    sparse_rows_tile<D, R, MT>(p, n, m0, acc);
-  } else {
-    dense_rows_tile<D, R, MT>(p, n, m0, acc);
-  }
+  dense_rows_tile<D, R, MT>(p, n, m0, acc);
   for (int r = 0; r < R; ++r) finish_column(p, n + r, m0, MT, acc + r * MT, 1);
 }
 
@@ -297,7 +277,10 @@ void sparse_rows_typed(const Problem& p, int64_t n0, int64_t n1, float* acc) {
   }
   // The last row of an odd N: alone.
   for (; n < n1; ++n) {
-    for (int64_t m = 0; m < p.m; ++m) rows_tile<D, 1, 1>(p, n, m, acc);
+    for (int64_t m = 0; m < p.m; ++m) {
+      acc[0] = sparse_row_dot<D>(p, n, m);
+      finish_column(p, n, m, 1, acc, 1);
+    }
   }
 }
 
